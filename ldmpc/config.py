@@ -1,0 +1,323 @@
+"""Typed configuration: TD-MPC2's keys and defaults plus ldmpc's own, validated once.
+
+Users override keys exactly as in TD-MPC2 (`task=dog-run steps=7000000 compile=true`).
+`parse()` turns overrides into a validated config; `derive()` fills the values that follow from
+the task and the environment (episode length, shapes, seed steps, discount, bins) and freezes it.
+After `derive()` the config is read-only: every later module can trust it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ldmpc.errors import UserError, close_matches
+
+# Parameter counts (M) -> architecture, as in TD-MPC2. Explicit user overrides win over a preset.
+MODEL_SIZES: dict[int, dict[str, int]] = {
+    1: {"enc_dim": 256, "mlp_dim": 384, "latent_dim": 128, "num_enc_layers": 2, "num_q": 2},
+    5: {"enc_dim": 256, "mlp_dim": 512, "latent_dim": 512, "num_enc_layers": 2, "num_q": 5},
+    19: {"enc_dim": 1024, "mlp_dim": 1024, "latent_dim": 768, "num_enc_layers": 3, "num_q": 5},
+    48: {"enc_dim": 1792, "mlp_dim": 1792, "latent_dim": 768, "num_enc_layers": 4, "num_q": 5},
+    317: {"enc_dim": 4096, "mlp_dim": 4096, "latent_dim": 1376, "num_enc_layers": 5, "num_q": 8},
+}
+
+# Values of the extension switches that exist today; others are rejected with a clear line.
+IMPLEMENTED = {
+    "dynamics": ("mlp",),
+    "proposal": ("policy",),
+    "planner": ("mppi",),
+    "obs": ("state",),
+}
+ALLOWED = {
+    "dynamics": ("mlp", "diffusion"),
+    "proposal": ("policy", "diffusion", "both"),
+    "planner": ("mppi", "ssr"),
+    "obs": ("state", "rgb"),
+}
+
+
+def _f(default: Any, help: str, derived: bool = False) -> Any:  # noqa: A002
+    """A config field with a one-line meaning (shown by `ldmpc train --help`)."""
+    meta = {"help": help, "derived": derived}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Config:
+    """Every key a run reads. Field order is the order of `--help`."""
+
+    # environment
+    task: str = _f("cartpole-swingup", "task name (see `ldmpc tasks`) or task set (mt30, mt80, mw10)")
+    obs: str = _f("state", "observation type: state | rgb")
+    # evaluation
+    checkpoint: str | None = _f(None, "checkpoint file to evaluate or to start from")
+    eval_episodes: int = _f(10, "episodes per evaluation (run as one vector env)")
+    eval_freq: int = _f(50_000, "agent steps between evaluations")
+    # training
+    steps: int = _f(10_000_000, "total agent (env) steps")
+    batch_size: int = _f(256, "sequences per update")
+    reward_coef: float = _f(0.1, "weight of the reward cross-entropy loss")
+    value_coef: float = _f(0.1, "weight of the value cross-entropy loss")
+    consistency_coef: float = _f(20.0, "weight of the latent consistency loss")
+    rho: float = _f(0.5, "temporal decay of losses over the horizon")
+    lr: float = _f(3e-4, "learning rate")
+    enc_lr_scale: float = _f(0.3, "encoder learning-rate multiplier")
+    grad_clip_norm: float = _f(20.0, "gradient clipping norm")
+    tau: float = _f(0.01, "EMA coefficient of the target Q-networks")
+    discount_denom: float = _f(5.0, "discount heuristic: (L/denom - 1)/(L/denom), L=episode length")
+    discount_min: float = _f(0.95, "lower clip of the discount heuristic")
+    discount_max: float = _f(0.995, "upper clip of the discount heuristic")
+    buffer_size: int = _f(1_000_000, "replay capacity in transitions (FIFO by episode)")
+    utd_ratio: float = _f(1.0, "gradient updates per agent step after the seed phase")
+    seed_steps: int = _f(0, "random-action steps before learning (0: max(1000, 5 x episode length))")
+    exp_name: str = _f("default", "experiment name (part of the run directory)")
+    data_dir: str | None = _f(None, "offline dataset directory (multitask issue)")
+    # planning
+    mpc: bool = _f(True, "plan with MPPI (false: act with the policy prior)")
+    iterations: int = _f(6, "MPPI iterations per decision")
+    num_samples: int = _f(512, "MPPI candidate trajectories per iteration")
+    num_elites: int = _f(64, "elite trajectories refitting the sampling distribution")
+    num_pi_trajs: int = _f(24, "candidates drawn from the policy prior")
+    horizon: int = _f(3, "planning horizon (also the training rollout length)")
+    min_std: float = _f(0.05, "lower bound of the MPPI standard deviation")
+    max_std: float = _f(2.0, "initial / upper MPPI standard deviation")
+    temperature: float = _f(0.5, "MPPI softmax temperature")
+    # actor
+    log_std_min: float = _f(-10.0, "policy log-std lower bound")
+    log_std_max: float = _f(2.0, "policy log-std upper bound")
+    entropy_coef: float = _f(1e-4, "policy entropy bonus")
+    # critic
+    num_bins: int = _f(101, "two-hot bins for reward and value")
+    vmin: float = _f(-10.0, "lowest bin (symlog space)")
+    vmax: float = _f(10.0, "highest bin (symlog space)")
+    # architecture
+    model_size: int = _f(5, f"parameter preset in M: {' | '.join(map(str, MODEL_SIZES))}")
+    num_enc_layers: int = _f(2, "encoder layers (set by model_size unless given)")
+    enc_dim: int = _f(256, "encoder width (set by model_size unless given)")
+    num_channels: int = _f(32, "conv channels of the rgb encoder")
+    mlp_dim: int = _f(512, "hidden width of dynamics/reward/Q/policy (set by model_size)")
+    latent_dim: int = _f(512, "latent state size (set by model_size unless given)")
+    task_dim: int = _f(96, "task embedding size (multitask only)")
+    num_q: int = _f(5, "Q-ensemble size (set by model_size unless given)")
+    dropout: float = _f(0.01, "dropout in the Q-networks")
+    simnorm_dim: int = _f(8, "SimNorm group size (must divide latent_dim)")
+    # diffusion extensions (DESIGN.md §3.2)
+    dynamics: str = _f("mlp", "latent dynamics: mlp | diffusion")
+    proposal: str = _f("policy", "planner proposals: policy | diffusion | both")
+    planner: str = _f("mppi", "planner: mppi | ssr (sample-score-rank)")
+    # runtime
+    device: str = _f("auto", "torch device: auto | cpu | cuda | cuda:N")
+    num_envs: int = _f(1, "envs per env runner, planned in one batched call")
+    num_env_runners: int = _f(0, "remote env-runner actors (0: act in the driver, local mode)")
+    num_learners: int = _f(0, "remote learners (0: learn in the driver, local mode)")
+    torch_threads: int = _f(0, "torch CPU threads per process (0: all cores of this process)")
+    checkpoint_freq: int = _f(50_000, "agent steps between checkpoints (0: only at the end)")
+    resume: bool = _f(False, "continue the run in the run directory (steps, optimizer, replay)")
+    # logging
+    work_dir: str = _f("runs", "root of run directories: <work_dir>/<task>/<seed>/<exp_name>")
+    enable_wandb: bool = _f(False, "log to Weights & Biases (offline unless WANDB_API_KEY is set)")
+    wandb_project: str = _f("ldmpc", "wandb project")
+    wandb_entity: str | None = _f(None, "wandb entity")
+    save_csv: bool = _f(True, "write train.csv and eval.csv")
+    save_video: bool = _f(False, "write an mp4 per eval episode")
+    save_agent: bool = _f(True, "write checkpoints")
+    compile: bool = _f(False, "torch.compile hot functions (falls back to eager where it fails)")
+    seed: int = _f(1, "random seed")
+    progress: bool = _f(True, "show a progress bar")
+    # derived (filled by derive(); not settable)
+    episode_length: int = _f(0, "agent steps per episode", derived=True)
+    action_repeat: int = _f(0, "simulator steps per agent step", derived=True)
+    obs_shape: list[int] = _f([], "observation shape", derived=True)
+    action_dim: int = _f(0, "action size", derived=True)
+    discount: float = _f(0.0, "discount from the heuristic", derived=True)
+    bin_size: float = _f(0.0, "two-hot bin width", derived=True)
+    metric: str = _f("", "eval metric: return | success", derived=True)
+    multitask: bool = _f(False, "true for task sets", derived=True)
+    tasks: list[str] = _f([], "tasks of the run", derived=True)
+    run_dir: str = _f("", "run directory", derived=True)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+USER_KEYS = [name for name, f in FIELDS.items() if not f.metadata["derived"]]
+PRESET_KEYS = set(next(iter(MODEL_SIZES.values())))
+
+
+def help_text() -> str:
+    """Lines `key=default  meaning` for every settable key."""
+    lines = []
+    for name in USER_KEYS:
+        f = FIELDS[name]
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        lines.append(f"  {name + '=' + _fmt(default):<34} {f.metadata['help']}")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def split_overrides(overrides: list[str]) -> dict[str, str]:
+    """`['a=1', 'b=x']` -> {'a': '1', 'b': 'x'}; rejects malformed items and unknown keys."""
+    out: dict[str, str] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip().lstrip("+")
+        if not sep or not key:
+            raise UserError(f"bad argument '{item}': expected key=value (e.g. task=walker-walk)")
+        if key not in FIELDS:
+            raise UserError(f"unknown config key '{key}'{close_matches(key, USER_KEYS)}")
+        if FIELDS[key].metadata["derived"]:
+            raise UserError(f"'{key}' is derived from the task and cannot be set")
+        out[key] = value
+    return out
+
+
+def parse(overrides: list[str] | dict[str, Any] | None = None) -> DictConfig:
+    """Build a validated (not yet derived) config from TD-MPC2-style overrides."""
+    given = split_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
+    for key in given:
+        if key not in FIELDS or FIELDS[key].metadata["derived"]:
+            raise UserError(f"unknown config key '{key}'{close_matches(key, USER_KEYS)}")
+    cfg = OmegaConf.structured(Config)
+    for key, raw in given.items():
+        value = OmegaConf.create({"v": raw}).v if isinstance(raw, str) else raw
+        try:
+            cfg[key] = value
+        except OmegaConfBaseException:
+            kind = _type_name(FIELDS[key].type)
+            raise UserError(f"{key}={raw!s}: expected {kind}") from None
+    if cfg.model_size not in MODEL_SIZES:
+        raise UserError(
+            f"model_size={cfg.model_size}: allowed {', '.join(map(str, MODEL_SIZES))}"
+        )
+    for key, value in MODEL_SIZES[cfg.model_size].items():
+        if key not in given:
+            cfg[key] = value
+    validate(cfg)
+    return cfg
+
+
+def _type_name(t: Any) -> str:
+    text = str(t)
+    return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}.get(
+        getattr(t, "__name__", text), text.replace("typing.", "")
+    )
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise UserError(f"{key}={_fmt(value)}: {allowed}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range and combination checks; each failure names the key, the value and what is allowed."""
+    for key in ("steps", "batch_size", "buffer_size", "eval_episodes", "eval_freq", "horizon",
+                "iterations", "num_samples", "num_elites", "enc_dim", "mlp_dim", "latent_dim",
+                "num_enc_layers", "num_envs", "simnorm_dim", "num_channels"):
+        _check(cfg[key] >= 1, key, cfg[key], "must be a positive integer")
+    for key in ("seed", "num_pi_trajs", "task_dim", "torch_threads", "checkpoint_freq",
+                "seed_steps", "num_env_runners", "num_learners"):
+        _check(cfg[key] >= 0, key, cfg[key], "must be >= 0")
+    for key in ("lr", "temperature", "min_std", "grad_clip_norm", "utd_ratio", "enc_lr_scale",
+                "discount_denom"):
+        _check(cfg[key] > 0 and math.isfinite(cfg[key]), key, cfg[key], "must be > 0")
+    for key in ("rho", "tau"):
+        _check(0 < cfg[key] <= 1, key, cfg[key], "must be in (0, 1]")
+    _check(0 <= cfg.dropout < 1, "dropout", cfg.dropout, "must be in [0, 1)")
+    _check(0 < cfg.discount_min <= cfg.discount_max < 1, "discount_min", cfg.discount_min,
+           f"need 0 < discount_min <= discount_max (= {cfg.discount_max}) < 1")
+    _check(cfg.num_q >= 2, "num_q", cfg.num_q, "must be >= 2 (two Qs are subsampled per target)")
+    _check(cfg.num_bins >= 2, "num_bins", cfg.num_bins, "must be >= 2")
+    _check(cfg.vmin < cfg.vmax, "vmin", cfg.vmin, f"must be < vmax (= {cfg.vmax})")
+    _check(cfg.max_std >= cfg.min_std, "max_std", cfg.max_std,
+           f"must be >= min_std (= {cfg.min_std})")
+    _check(cfg.log_std_min < cfg.log_std_max, "log_std_min", cfg.log_std_min,
+           f"must be < log_std_max (= {cfg.log_std_max})")
+    _check(cfg.num_elites <= cfg.num_samples, "num_elites", cfg.num_elites,
+           f"must be <= num_samples (= {cfg.num_samples})")
+    _check(cfg.num_pi_trajs <= cfg.num_samples, "num_pi_trajs", cfg.num_pi_trajs,
+           f"must be <= num_samples (= {cfg.num_samples})")
+    _check(cfg.latent_dim % cfg.simnorm_dim == 0, "simnorm_dim", cfg.simnorm_dim,
+           f"must divide latent_dim (= {cfg.latent_dim})")
+    _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
+           "device", cfg.device, "allowed: auto, cpu, cuda, cuda:N")
+    for key, allowed in ALLOWED.items():
+        value = cfg[key]
+        _check(value in allowed, key, value, f"allowed: {', '.join(allowed)}")
+        if value not in IMPLEMENTED[key]:
+            if key == "obs":
+                _check_rendering_available()
+            raise UserError(f"{key}={value} is not implemented yet in this version "
+                            f"(available: {', '.join(IMPLEMENTED[key])})")
+    if cfg.num_env_runners or cfg.num_learners:
+        raise UserError("num_env_runners/num_learners > 0 (distributed mode) is not implemented "
+                        "yet in this version; use the default local mode (0)")
+    if cfg.data_dir is not None:
+        raise UserError("data_dir (offline training) is not implemented yet in this version")
+    from ldmpc.tasks import resolve_tasks  # local: tasks imports nothing heavy, but keep order
+
+    resolve_tasks(cfg.task)
+
+
+def _check_rendering_available() -> None:
+    from ldmpc.envs.render import rendering_problem
+
+    problem = rendering_problem()
+    if problem:
+        raise UserError(f"obs=rgb is unavailable on this machine: {problem}")
+
+
+def discount_heuristic(episode_length: int, denom: float, lo: float, hi: float) -> float:
+    """TD-MPC2's discount: longer episodes get a longer effective horizon, clipped to [lo, hi]."""
+    frac = episode_length / denom
+    return float(min(max((frac - 1) / frac, lo), hi)) if frac > 1 else lo
+
+
+def derive(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int) -> DictConfig:
+    """Fill every derived value in one place, then freeze the config."""
+    from ldmpc.tasks import resolve_tasks
+
+    specs = resolve_tasks(cfg.task)
+    cfg = cfg.copy()
+    cfg.tasks = [s.name for s in specs]
+    cfg.multitask = len(specs) > 1
+    cfg.episode_length = max(s.episode_length for s in specs)
+    cfg.action_repeat = specs[0].action_repeat
+    cfg.metric = specs[0].metric
+    cfg.obs_shape = list(obs_shape)
+    cfg.action_dim = int(action_dim)
+    cfg.discount = discount_heuristic(
+        cfg.episode_length, cfg.discount_denom, cfg.discount_min, cfg.discount_max
+    )
+    cfg.bin_size = (cfg.vmax - cfg.vmin) / (cfg.num_bins - 1)
+    if cfg.seed_steps == 0:
+        cfg.seed_steps = max(1000, 5 * cfg.episode_length)
+    cfg.run_dir = os.path.join(cfg.work_dir, cfg.task, str(cfg.seed), cfg.exp_name)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def to_dict(cfg: DictConfig) -> dict[str, Any]:
+    """Plain-python view (for checkpoints, CSV headers, wandb)."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def fingerprint(cfg: DictConfig) -> dict[str, Any]:
+    """The keys a checkpoint must agree on to be loadable into this config."""
+    keys = ("task", "obs", "model_size", "enc_dim", "mlp_dim", "latent_dim", "num_enc_layers",
+            "num_q", "task_dim", "simnorm_dim", "num_bins", "dynamics", "proposal",
+            "obs_shape", "action_dim")
+    return {k: (list(cfg[k]) if k == "obs_shape" else cfg[k]) for k in keys}

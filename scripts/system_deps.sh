@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# System libraries MuJoCo rendering needs (DESIGN.md §2). Installs only what is missing, only as root
+# on Debian; otherwise prints the apt-get line a user must run.
+set -euo pipefail
+declare -A lib_pkg=(
+  [libEGL.so.1]=libegl1
+  [libGL.so.1]=libgl1
+  [libOSMesa.so.8]=libosmesa6
+)
+missing=()
+for lib in "${!lib_pkg[@]}"; do
+  ldconfig -p | grep -q " $lib " || missing+=("${lib_pkg[$lib]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "[setup] apt-get install ${missing[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+  echo "[setup] missing system packages: ${missing[*]} (run: sudo apt-get install ${missing[*]})" >&2
+fi
