@@ -43,7 +43,7 @@ ALLOWED = {
 }
 
 
-def _f(default: Any, help: str, derived: bool = False) -> Any:  # noqa: A002
+def _f(default: Any, help: str, derived: bool = False) -> Any:
     """A config field with a one-line meaning (shown by `ldmpc train --help`)."""
     meta = {"help": help, "derived": derived}
     if isinstance(default, list):
@@ -56,7 +56,9 @@ class Config:
     """Every key a run reads. Field order is the order of `--help`."""
 
     # environment
-    task: str = _f("cartpole-swingup", "task name (see `ldmpc tasks`) or task set (mt30, mt80, mw10)")
+    task: str = _f(
+        "cartpole-swingup", "task (see `ldmpc tasks`) or task set: mt30, mt80, mw10"
+    )
     obs: str = _f("state", "observation type: state | rgb")
     # evaluation
     checkpoint: str | None = _f(None, "checkpoint file to evaluate or to start from")
@@ -78,7 +80,9 @@ class Config:
     discount_max: float = _f(0.995, "upper clip of the discount heuristic")
     buffer_size: int = _f(1_000_000, "replay capacity in transitions (FIFO by episode)")
     utd_ratio: float = _f(1.0, "gradient updates per agent step after the seed phase")
-    seed_steps: int = _f(0, "random-action steps before learning (0: max(1000, 5 x episode length))")
+    seed_steps: int = _f(
+        0, "random-action steps first (0: max(1000, 5 x episode length))"
+    )
     exp_name: str = _f("default", "experiment name (part of the run directory)")
     data_dir: str | None = _f(None, "offline dataset directory (multitask issue)")
     # planning
@@ -200,9 +204,7 @@ def parse(overrides: list[str] | dict[str, Any] | None = None) -> DictConfig:
             kind = _type_name(FIELDS[key].type)
             raise UserError(f"{key}={raw!s}: expected {kind}") from None
     if cfg.model_size not in MODEL_SIZES:
-        raise UserError(
-            f"model_size={cfg.model_size}: allowed {', '.join(map(str, MODEL_SIZES))}"
-        )
+        raise UserError(f"model_size={cfg.model_size}: allowed {', '.join(map(str, MODEL_SIZES))}")
     for key, value in MODEL_SIZES[cfg.model_size].items():
         if key not in given:
             cfg[key] = value
@@ -212,9 +214,12 @@ def parse(overrides: list[str] | dict[str, Any] | None = None) -> DictConfig:
 
 def _type_name(t: Any) -> str:
     text = str(t)
-    return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}.get(
-        getattr(t, "__name__", text), text.replace("typing.", "")
-    )
+    return {
+        "int": "an integer",
+        "float": "a number",
+        "bool": "true or false",
+        "str": "a string",
+    }.get(getattr(t, "__name__", text), text.replace("typing.", ""))
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -224,47 +229,106 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Range and combination checks; each failure names the key, the value and what is allowed."""
-    for key in ("steps", "batch_size", "buffer_size", "eval_episodes", "eval_freq", "horizon",
-                "iterations", "num_samples", "num_elites", "enc_dim", "mlp_dim", "latent_dim",
-                "num_enc_layers", "num_envs", "simnorm_dim", "num_channels"):
+    for key in (
+        "steps",
+        "batch_size",
+        "buffer_size",
+        "eval_episodes",
+        "eval_freq",
+        "horizon",
+        "iterations",
+        "num_samples",
+        "num_elites",
+        "enc_dim",
+        "mlp_dim",
+        "latent_dim",
+        "num_enc_layers",
+        "num_envs",
+        "simnorm_dim",
+        "num_channels",
+    ):
         _check(cfg[key] >= 1, key, cfg[key], "must be a positive integer")
-    for key in ("seed", "num_pi_trajs", "task_dim", "torch_threads", "checkpoint_freq",
-                "seed_steps", "num_env_runners", "num_learners"):
+    for key in (
+        "seed",
+        "num_pi_trajs",
+        "task_dim",
+        "torch_threads",
+        "checkpoint_freq",
+        "seed_steps",
+        "num_env_runners",
+        "num_learners",
+    ):
         _check(cfg[key] >= 0, key, cfg[key], "must be >= 0")
-    for key in ("lr", "temperature", "min_std", "grad_clip_norm", "utd_ratio", "enc_lr_scale",
-                "discount_denom"):
+    for key in (
+        "lr",
+        "temperature",
+        "min_std",
+        "grad_clip_norm",
+        "utd_ratio",
+        "enc_lr_scale",
+        "discount_denom",
+    ):
         _check(cfg[key] > 0 and math.isfinite(cfg[key]), key, cfg[key], "must be > 0")
     for key in ("rho", "tau"):
         _check(0 < cfg[key] <= 1, key, cfg[key], "must be in (0, 1]")
     _check(0 <= cfg.dropout < 1, "dropout", cfg.dropout, "must be in [0, 1)")
-    _check(0 < cfg.discount_min <= cfg.discount_max < 1, "discount_min", cfg.discount_min,
-           f"need 0 < discount_min <= discount_max (= {cfg.discount_max}) < 1")
+    _check(
+        0 < cfg.discount_min <= cfg.discount_max < 1,
+        "discount_min",
+        cfg.discount_min,
+        f"need 0 < discount_min <= discount_max (= {cfg.discount_max}) < 1",
+    )
     _check(cfg.num_q >= 2, "num_q", cfg.num_q, "must be >= 2 (two Qs are subsampled per target)")
     _check(cfg.num_bins >= 2, "num_bins", cfg.num_bins, "must be >= 2")
     _check(cfg.vmin < cfg.vmax, "vmin", cfg.vmin, f"must be < vmax (= {cfg.vmax})")
-    _check(cfg.max_std >= cfg.min_std, "max_std", cfg.max_std,
-           f"must be >= min_std (= {cfg.min_std})")
-    _check(cfg.log_std_min < cfg.log_std_max, "log_std_min", cfg.log_std_min,
-           f"must be < log_std_max (= {cfg.log_std_max})")
-    _check(cfg.num_elites <= cfg.num_samples, "num_elites", cfg.num_elites,
-           f"must be <= num_samples (= {cfg.num_samples})")
-    _check(cfg.num_pi_trajs <= cfg.num_samples, "num_pi_trajs", cfg.num_pi_trajs,
-           f"must be <= num_samples (= {cfg.num_samples})")
-    _check(cfg.latent_dim % cfg.simnorm_dim == 0, "simnorm_dim", cfg.simnorm_dim,
-           f"must divide latent_dim (= {cfg.latent_dim})")
-    _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
-           "device", cfg.device, "allowed: auto, cpu, cuda, cuda:N")
+    _check(
+        cfg.max_std >= cfg.min_std, "max_std", cfg.max_std, f"must be >= min_std (= {cfg.min_std})"
+    )
+    _check(
+        cfg.log_std_min < cfg.log_std_max,
+        "log_std_min",
+        cfg.log_std_min,
+        f"must be < log_std_max (= {cfg.log_std_max})",
+    )
+    _check(
+        cfg.num_elites <= cfg.num_samples,
+        "num_elites",
+        cfg.num_elites,
+        f"must be <= num_samples (= {cfg.num_samples})",
+    )
+    _check(
+        cfg.num_pi_trajs <= cfg.num_samples,
+        "num_pi_trajs",
+        cfg.num_pi_trajs,
+        f"must be <= num_samples (= {cfg.num_samples})",
+    )
+    _check(
+        cfg.latent_dim % cfg.simnorm_dim == 0,
+        "simnorm_dim",
+        cfg.simnorm_dim,
+        f"must divide latent_dim (= {cfg.latent_dim})",
+    )
+    _check(
+        cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
+        "device",
+        cfg.device,
+        "allowed: auto, cpu, cuda, cuda:N",
+    )
     for key, allowed in ALLOWED.items():
         value = cfg[key]
         _check(value in allowed, key, value, f"allowed: {', '.join(allowed)}")
         if value not in IMPLEMENTED[key]:
             if key == "obs":
                 _check_rendering_available()
-            raise UserError(f"{key}={value} is not implemented yet in this version "
-                            f"(available: {', '.join(IMPLEMENTED[key])})")
+            raise UserError(
+                f"{key}={value} is not implemented yet in this version "
+                f"(available: {', '.join(IMPLEMENTED[key])})"
+            )
     if cfg.num_env_runners or cfg.num_learners:
-        raise UserError("num_env_runners/num_learners > 0 (distributed mode) is not implemented "
-                        "yet in this version; use the default local mode (0)")
+        raise UserError(
+            "num_env_runners/num_learners > 0 (distributed mode) is not implemented "
+            "yet in this version; use the default local mode (0)"
+        )
     if cfg.data_dir is not None:
         raise UserError("data_dir (offline training) is not implemented yet in this version")
     from ldmpc.tasks import resolve_tasks  # local: tasks imports nothing heavy, but keep order
@@ -317,7 +381,38 @@ def to_dict(cfg: DictConfig) -> dict[str, Any]:
 
 def fingerprint(cfg: DictConfig) -> dict[str, Any]:
     """The keys a checkpoint must agree on to be loadable into this config."""
-    keys = ("task", "obs", "model_size", "enc_dim", "mlp_dim", "latent_dim", "num_enc_layers",
-            "num_q", "task_dim", "simnorm_dim", "num_bins", "dynamics", "proposal",
-            "obs_shape", "action_dim")
+    keys = (
+        "task",
+        "obs",
+        "model_size",
+        "enc_dim",
+        "mlp_dim",
+        "latent_dim",
+        "num_enc_layers",
+        "num_q",
+        "task_dim",
+        "simnorm_dim",
+        "num_bins",
+        "dynamics",
+        "proposal",
+        "obs_shape",
+        "action_dim",
+    )
     return {k: (list(cfg[k]) if k == "obs_shape" else cfg[k]) for k in keys}
+
+
+def load(overrides: list[str] | dict[str, Any] | None = None) -> DictConfig:
+    """parse() + one probe env for the observation/action shapes + derive(): a run's config."""
+    from ldmpc.envs import make_env
+
+    cfg = parse(overrides)
+    first_task = cfg.task if "," not in cfg.task else cfg.task.split(",")[0]
+    from ldmpc.tasks import resolve_tasks
+
+    env = make_env(resolve_tasks(first_task)[0].name, seed=cfg.seed, obs=cfg.obs)
+    try:
+        obs_shape = tuple(env.observation_space.shape)
+        action_dim = int(env.action_space.shape[0])
+    finally:
+        env.close()
+    return derive(cfg, obs_shape, action_dim)

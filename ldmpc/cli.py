@@ -1,0 +1,141 @@
+"""`ldmpc train|eval|tune|bench|tasks` with TD-MPC2-style `key=value` overrides.
+
+Every user mistake ends as ONE line on stderr and exit code 2 (`UserError`); anything else is a
+bug and keeps its traceback. `LDMPC_DEBUG=1` shows tracebacks for user errors too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Callable
+
+from ldmpc.errors import UserError
+
+COMMANDS = {
+    "train": "train an agent: ldmpc train task=cartpole-swingup model_size=1 steps=100000",
+    "eval": "evaluate a checkpoint: ldmpc eval task=... checkpoint=path [eval_episodes=10]",
+    "tune": "run a Ray Tune sweep: ldmpc tune tune_configs/<file>.yaml [key=value ...]",
+    "bench": "run a benchmark: ldmpc bench <name> (see benchmarks/)",
+    "tasks": "list the registered tasks, grouped by suite, and which suites work here",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage mistakes as a UserError (one line, exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see `ldmpc --help`)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ldmpc",
+        description="Latent Dynamics Diffusion MPC. Overrides are key=value, as in TD-MPC2.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, text in COMMANDS.items():
+        p = sub.add_parser(name, help=text, description=text, add_help=False)
+        p.add_argument("-h", "--help", action="store_true", help="show keys and exit")
+        p.add_argument("args", nargs=argparse.REMAINDER, help="key=value overrides")
+    return parser
+
+
+def _print_keys(command: str) -> None:
+    from ldmpc.config import help_text
+
+    print(f"usage: ldmpc {command} [key=value ...]\n\n{COMMANDS[command]}\n\nkeys (default):")
+    print(help_text())
+
+
+def check_writable(path: str) -> None:
+    """Fail early, with one line, when the run directory cannot be created or written."""
+    target = os.path.abspath(path)
+    probe = target
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"work_dir={path}: {probe} is not a writable directory")
+
+
+def cmd_train(args: list[str]) -> int:
+    from ldmpc.config import load
+
+    cfg = load(args)
+    check_writable(cfg.work_dir)
+    from ldmpc.algorithm import run_training
+
+    run_training(cfg)
+    return 0
+
+
+def cmd_eval(args: list[str]) -> int:
+    from ldmpc.config import load
+    from ldmpc.evaluate import evaluate_checkpoint
+
+    cfg = load(args)
+    if not cfg.checkpoint:
+        raise UserError("eval needs checkpoint=<path to a .pt file written by ldmpc train>")
+    evaluate_checkpoint(cfg)
+    return 0
+
+
+def cmd_tune(args: list[str]) -> int:
+    raise UserError("`ldmpc tune` is not available yet in this version (the Ray runtime issue)")
+
+
+def cmd_bench(args: list[str]) -> int:
+    raise UserError("`ldmpc bench` is not wired yet; run `make bench` or `make bench B=<name>`")
+
+
+def cmd_tasks(args: list[str]) -> int:
+    if args:
+        raise UserError(f"`ldmpc tasks` takes no arguments, got: {' '.join(args)}")
+    from ldmpc.tasks import format_registry
+
+    print(format_registry())
+    return 0
+
+
+HANDLERS: dict[str, Callable[[list[str]], int]] = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "tune": cmd_tune,
+    "bench": cmd_bench,
+    "tasks": cmd_tasks,
+}
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    ns = parser.parse_args(argv)
+    if ns.command is None:
+        parser.print_help()
+        return 2
+    if ns.help:
+        _print_keys(ns.command)
+        return 0
+    return HANDLERS[ns.command](list(ns.args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except UserError as err:
+        if os.environ.get("LDMPC_DEBUG") == "1":
+            traceback.print_exc()
+        print(f"ldmpc: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("ldmpc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Every bad input: a real `ldmpc` subprocess, exit code 2, ONE line on stderr, no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ldmpc.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+BAD_INPUTS = [
+    (["train", "task=walker-walkk"], "did you mean: walker-walk"),
+    (["train", "horizn=5"], "did you mean: horizon"),
+    (["train", "steps=-5"], "steps=-5"),
+    (["train", "model_size=7"], "allowed 1, 5, 19, 48, 317"),
+    (["train", "lr=fast"], "expected a number"),
+    (["train", "task=mw-door-open"], "not yet supported"),
+    (["train", "num_env_runners=2"], "not implemented yet"),
+    (["eval", "task=cartpole-swingup"], "checkpoint="),
+    (["tune", "tune_configs/asha_cartpole.yaml"], "not available yet"),
+    (["tasks", "extra"], "no arguments"),
+    (["frobnicate"], "invalid choice"),
+]
+
+
+@pytest.mark.parametrize(("args", "needle"), BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2(args: list[str], needle: str) -> None:
+    proc = run_cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_unwritable_work_dir(tmp_path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    blocker = ro / "file"
+    blocker.write_text("x")
+    proc = run_cli("train", f"work_dir={blocker}/runs", "steps=10")
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "not a writable directory" in proc.stderr
+
+
+def test_rgb_is_one_line() -> None:
+    proc = run_cli("train", "obs=rgb")
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "obs=rgb" in proc.stderr
+
+
+def test_debug_env_shows_traceback() -> None:
+    proc = run_cli("train", "steps=-5", env={"LDMPC_DEBUG": "1"})
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+
+
+def test_train_help_lists_keys() -> None:
+    proc = run_cli("train", "--help")
+    assert proc.returncode == 0
+    assert "horizon=3" in proc.stdout and "model_size=5" in proc.stdout
+
+
+def test_tasks_lists_dmcontrol() -> None:
+    proc = run_cli("tasks")
+    assert proc.returncode == 0, proc.stderr
+    assert "cartpole-swingup" in proc.stdout and "dmcontrol" in proc.stdout.lower()
