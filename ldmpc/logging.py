@@ -1,0 +1,205 @@
+"""Run output: a progress bar, train.csv / eval.csv, a learning-curve PNG, optional wandb.
+
+On resume the CSV files are cut back to the resumed step, so the curve continues from the
+checkpoint without a gap or duplicated points.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from typing import Any
+
+from omegaconf import DictConfig
+
+from ldmpc.atomic import atomic_write_bytes
+
+TRAIN_FIELDS = [
+    "step",
+    "episode",
+    "episode_reward",
+    "episode_success",
+    "elapsed_s",
+    "steps_per_s",
+    "updates",
+    "updates_per_s",
+]
+EVAL_FIELDS = ["step", "episode_reward", "episode_reward_std", "episode_success", "elapsed_s"]
+
+
+def _read_rows(path: str) -> list[dict[str, str]]:
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _rows_to_text(fields: list[str], rows: list[dict[str, Any]]) -> str:
+    lines = [",".join(fields)]
+    lines += [",".join(_cell(row.get(f, "")) for f in fields) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+class CsvLog:
+    """Append-only CSV with a fixed header; `truncate_after(step)` rewrites it atomically."""
+
+    def __init__(self, path: str, fields: list[str]) -> None:
+        self.path, self.fields = path, fields
+
+    def truncate_after(self, step: int) -> None:
+        rows = [r for r in _read_rows(self.path) if int(float(r["step"])) <= step]
+        atomic_write_bytes(self.path, _rows_to_text(self.fields, rows).encode())
+
+    def append(self, row: dict[str, Any]) -> None:
+        new = not os.path.exists(self.path)
+        with open(self.path, "a", newline="") as fh:
+            if new:
+                fh.write(",".join(self.fields) + "\n")
+            fh.write(",".join(_cell(row.get(f, "")) for f in self.fields) + "\n")
+
+    def rows(self) -> list[dict[str, str]]:
+        return _read_rows(self.path)
+
+
+def plot_curve(eval_rows: list[dict[str, str]], path: str, title: str, metric: str) -> None:
+    """Redraw the learning curve (mean ± std of eval episodes) into a PNG, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = "episode_success" if metric == "success" else "episode_reward"
+    steps = [float(r["step"]) for r in eval_rows]
+    mean = [float(r[key] or "nan") for r in eval_rows]
+    std = [
+        float(r.get("episode_reward_std") or 0.0) if metric != "success" else 0.0 for r in eval_rows
+    ]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(steps, mean, marker="o", color="tab:blue", label="ldmpc")
+    ax.fill_between(
+        steps,
+        [m - s for m, s in zip(mean, std)],
+        [m + s for m, s in zip(mean, std)],
+        color="tab:blue",
+        alpha=0.2,
+    )
+    ax.set_xlabel("agent steps")
+    ax.set_ylabel("success rate" if metric == "success" else "episode return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+class RunLogger:
+    """Everything a run prints or writes about its progress."""
+
+    def __init__(self, cfg: DictConfig, start_step: int = 0, resumed: bool = False) -> None:
+        self.cfg = cfg
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        self.train_csv = CsvLog(os.path.join(cfg.run_dir, "train.csv"), TRAIN_FIELDS)
+        self.eval_csv = CsvLog(os.path.join(cfg.run_dir, "eval.csv"), EVAL_FIELDS)
+        self.curve_path = os.path.join(cfg.run_dir, "curve.png")
+        if resumed:
+            self.train_csv.truncate_after(start_step)
+            self.eval_csv.truncate_after(start_step)
+        self.start_time = time.time()
+        self.last_eval: float | None = None
+        self.last_train: float | None = None
+        self._bar = None
+        if cfg.progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=cfg.steps,
+                initial=start_step,
+                unit="step",
+                dynamic_ncols=True,
+                desc=cfg.task,
+                mininterval=1.0,
+                smoothing=0.05,
+            )
+        self._wandb = _init_wandb(cfg) if cfg.enable_wandb else None
+        self._step = start_step
+
+    @property
+    def elapsed(self) -> float:
+        return time.time() - self.start_time
+
+    def log_train(self, step: int, metrics: dict[str, Any]) -> None:
+        self.last_train = metrics.get("episode_reward", self.last_train)
+        if self.cfg.save_csv:
+            self.train_csv.append({"step": step, "elapsed_s": self.elapsed, **metrics})
+        if self._wandb is not None:
+            self._wandb.log({f"train/{k}": v for k, v in metrics.items()}, step=step)
+
+    def log_eval(self, step: int, metrics: dict[str, Any]) -> None:
+        key = "episode_success" if self.cfg.metric == "success" else "episode_reward"
+        self.last_eval = metrics.get(key)
+        row = {"step": step, "elapsed_s": self.elapsed, **metrics}
+        if self.cfg.save_csv:
+            self.eval_csv.append(row)
+            plot_curve(self.eval_csv.rows(), self.curve_path, self.cfg.task, self.cfg.metric)
+        if self._wandb is not None:
+            self._wandb.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+        std = metrics.get("episode_reward_std", float("nan"))
+        self.write(
+            f"eval  step={step:>9,d}  return={metrics.get('episode_reward', math.nan):8.1f}"
+            f" ± {std:6.1f}  success={metrics.get('episode_success', 0.0):.2f}"
+            f"  elapsed={self.elapsed / 60:6.1f} min"
+        )
+
+    def progress(self, step: int, **fields: float) -> None:
+        """Advance the bar to `step` and show the latest figures."""
+        if self._bar is None:
+            return
+        self._bar.update(max(0, step - self._step))
+        self._step = step
+        post = {"ep_ret": self.last_train, "eval": self.last_eval, **fields}
+        self._bar.set_postfix(
+            {k: f"{v:.1f}" for k, v in post.items() if v is not None}, refresh=False
+        )
+
+    def write(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def _init_wandb(cfg: DictConfig) -> Any:
+    """wandb in offline mode unless WANDB_API_KEY is set; the key itself is never logged."""
+    import wandb
+
+    from ldmpc.config import to_dict
+
+    if not os.environ.get("WANDB_API_KEY"):
+        os.environ.setdefault("WANDB_MODE", "offline")
+    run_id = f"{cfg.task}-{cfg.seed}-{cfg.exp_name}".replace("/", "_")
+    return wandb.init(
+        project=cfg.wandb_project,
+        entity=cfg.wandb_entity,
+        config=to_dict(cfg),
+        dir=cfg.run_dir,
+        id=run_id,
+        name=run_id,
+        resume="allow",
+    )

@@ -1,0 +1,51 @@
+"""Run logging: CSV rows, curve PNG, and the resume cut that keeps the curve continuous."""
+
+from __future__ import annotations
+
+import os
+
+from omegaconf import OmegaConf
+
+from ldmpc.logging import RunLogger
+
+
+def _cfg(tmp_path) -> object:
+    return OmegaConf.create(
+        {
+            "run_dir": str(tmp_path / "run"),
+            "steps": 100,
+            "task": "cartpole-swingup",
+            "progress": False,
+            "enable_wandb": False,
+            "save_csv": True,
+            "metric": "return",
+        }
+    )
+
+
+def test_eval_rows_and_curve_png(tmp_path) -> None:
+    cfg = _cfg(tmp_path)
+    log = RunLogger(cfg)
+    for step in (10, 20, 30):
+        log.log_train(step, {"episode": step // 10, "episode_reward": float(step)})
+        log.log_eval(step, {"episode_reward": step * 2.0, "episode_reward_std": 1.0})
+    log.close()
+    rows = log.eval_csv.rows()
+    assert [int(r["step"]) for r in rows] == [10, 20, 30]
+    png = os.path.join(cfg.run_dir, "curve.png")
+    with open(png, "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_cuts_rows_after_checkpoint_step(tmp_path) -> None:
+    cfg = _cfg(tmp_path)
+    log = RunLogger(cfg)
+    for step in (10, 20, 30):
+        log.log_eval(step, {"episode_reward": 1.0})
+        log.log_train(step, {"episode_reward": 1.0})
+    log.close()
+    resumed = RunLogger(cfg, start_step=20, resumed=True)
+    assert [int(r["step"]) for r in resumed.eval_csv.rows()] == [10, 20]
+    resumed.log_eval(30, {"episode_reward": 5.0})
+    assert [int(r["step"]) for r in resumed.eval_csv.rows()] == [10, 20, 30]
+    assert [int(r["step"]) for r in resumed.train_csv.rows()] == [10, 20]
