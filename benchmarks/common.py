@@ -1,0 +1,87 @@
+"""Shared benchmark helpers: interleaved timing (A/B alternated, medians) and CSV rows.
+
+These VMs have multi-second bursts where torch runs ~5x slower (DESIGN.md §3.4): timing A and B
+in alternation and reporting medians keeps a burst from landing on one side only.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def quick() -> bool:
+    return os.environ.get("QUICK", "") not in ("", "0")
+
+
+def interleaved_ms(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2
+) -> dict[str, float]:
+    """Median ms per call of each fn, calling them round-robin so drift hits all equally."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "host": platform.node(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else "",
+        "torch": torch.__version__,
+    }
+
+
+def append_rows(name: str, rows: list[dict[str, Any]]) -> Path:
+    """Append rows (plus a timestamp and machine info) to benchmarks/results/<name>.csv."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.csv"
+    stamp = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **machine()}
+    full = [{**stamp, **row} for row in rows]
+    fields = list(dict.fromkeys(k for row in full for k in row))
+    new = not path.exists()
+    if not new:
+        with open(path, newline="") as fh:
+            header = next(csv.reader(fh), [])
+        if header != fields:  # columns changed: start a fresh file rather than misalign
+            path.rename(path.with_suffix(f".{int(time.time())}.csv"))
+            new = True
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        if new:
+            writer.writeheader()
+        writer.writerows(full)
+    return path
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """A fixed-width text table of rows (for the console)."""
+    if not rows:
+        return ""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    cells = [[_fmt(r.get(c, "")) for c in cols] for r in rows]
+    width = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(cols, width))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, width)) for row in cells]
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
