@@ -1,1 +1,64 @@
-"""ldmpc/envs"""
+"""Environment construction: task name -> fully wrapped gymnasium env or vector env.
+
+Suite adapters are imported lazily, so importing `ldmpc.envs` (e.g. for `ldmpc.envs.render`)
+pulls in no simulator.
+
+Vector envs use gymnasium's SAME_STEP autoreset: when sub-env i ends an episode, `step()`
+already returns the first observation of its next episode, and the true last observation and
+info of the finished episode are in `infos["final_obs"][i]` / `infos["final_info"]` (masked by
+`infos["_final_obs"]`). So no step is wasted on a reset and the trainer can store the real final
+observation of every episode (needed to bootstrap truncated episodes).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+from ldmpc.errors import UserError
+from ldmpc.tasks import TaskSpec, resolve_tasks
+
+if TYPE_CHECKING:
+    import gymnasium
+
+OBS_TYPES = ("state",)
+
+
+def _single_task(task: str) -> TaskSpec:
+    specs = resolve_tasks(task)
+    if len(specs) != 1:
+        raise UserError(f"expected one task, got {len(specs)} from task={task} (a task set)")
+    return specs[0]
+
+
+def make_env(task: str, seed: int, obs: str = "state") -> gymnasium.Env:
+    """One env of a single task: float32 flat obs, actions in [-1, 1], action repeat, and
+    truncation after `episode_length` agent steps. Its first `reset()` uses `seed`."""
+    spec = _single_task(task)
+    if obs not in OBS_TYPES:
+        raise UserError(f"obs={obs} is not implemented yet for {spec.suite} in this version")
+    if spec.suite == "dmcontrol":
+        from ldmpc.envs.dmcontrol import make_dmcontrol_env
+
+        env = make_dmcontrol_env(spec.env_kwargs, seed)
+    else:  # resolve_tasks already rejects unsupported suites; this guards a registry mistake
+        raise UserError(f"task '{spec.name}' ({spec.suite}) is not yet supported in this version")
+    from ldmpc.envs.wrappers import standard_wrappers
+
+    return standard_wrappers(env, spec.action_repeat, spec.episode_length)
+
+
+def make_vector_env(
+    task: str, num_envs: int, seed: int, obs: str = "state"
+) -> gymnasium.vector.VectorEnv:
+    """`num_envs` copies of one task stepped in-process (SyncVectorEnv); env i uses seed + i.
+
+    Autoreset mode is SAME_STEP (see the module docstring for where final observations go).
+    """
+    if num_envs < 1:
+        raise UserError(f"num_envs must be >= 1, got {num_envs}")
+    _single_task(task)  # fail with one line before building anything
+    from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+    fns = [functools.partial(make_env, task, seed + i, obs) for i in range(num_envs)]
+    return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)

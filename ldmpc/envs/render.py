@@ -1,0 +1,106 @@
+"""Choosing and probing MuJoCo's headless OpenGL backend (EGL, else OSMesa).
+
+dm_control picks its GL backend once, when it is first imported, from MUJOCO_GL; left unset it
+tries GLFW first, which warns on machines without a display. So `configure_mujoco_gl()` must run
+before dm_control is imported. Whether rendering really works is only known by trying, and a
+broken GL driver can segfault, so `rendering_problem()` tries in a child process with a timeout.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import functools
+import os
+import subprocess
+import sys
+
+_BACKENDS = ("egl", "osmesa")
+# Debian package providing each library that headless rendering loads.
+_PACKAGES = {"EGL": "libegl1", "GL": "libgl1", "OSMesa": "libosmesa6"}
+_PROBE = """
+from dm_control import mujoco
+xml = "<mujoco><worldbody><light pos='0 0 1'/><geom type='sphere' size='.1'/></worldbody></mujoco>"
+image = mujoco.Physics.from_xml_string(xml).render(16, 16)
+assert image.shape == (16, 16, 3), image.shape
+print("render-ok")
+"""
+_PROBE_TIMEOUT_S = 60.0
+_auto_chosen: set[str] = set()  # MUJOCO_GL values this module set (not the user's own choice)
+
+
+def configure_mujoco_gl() -> str:
+    """Set MUJOCO_GL (if the user has not) to a headless backend whose library is installed.
+
+    Returns the backend in use. "disable" means no GL library was found: state-based envs still
+    work, and rendering raises a clear RuntimeError from dm_control.
+    """
+    if "MUJOCO_GL" not in os.environ:
+        platform = os.environ.get("PYOPENGL_PLATFORM", "")
+        if platform in _BACKENDS:
+            backend = platform  # must agree with PyOpenGL's platform or dm_control's import fails
+        elif ctypes.util.find_library("EGL"):
+            backend = "egl"
+        elif ctypes.util.find_library("OSMesa"):
+            backend = "osmesa"
+        else:
+            backend = "disable"
+        os.environ["MUJOCO_GL"] = backend
+        _auto_chosen.add(backend)
+    return os.environ["MUJOCO_GL"]
+
+
+def _probe(backend: str) -> str | None:
+    """Render one tiny frame with `backend` in a child process; None on success, else why not."""
+    env = dict(os.environ, MUJOCO_GL=backend)
+    if backend in _BACKENDS:
+        env["PYOPENGL_PLATFORM"] = backend
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROBE],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=_PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"timed out after {_PROBE_TIMEOUT_S:.0f} s"
+    if proc.returncode == 0 and "render-ok" in proc.stdout:
+        return None
+    if proc.returncode < 0:
+        return f"crashed with signal {-proc.returncode}"
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else f"exit code {proc.returncode}"
+
+
+def _missing_packages() -> list[str]:
+    return [pkg for lib, pkg in _PACKAGES.items() if not ctypes.util.find_library(lib)]
+
+
+@functools.cache
+def rendering_problem() -> str | None:
+    """None if MuJoCo offscreen rendering works here, else one line saying why and what to install.
+
+    A MUJOCO_GL set by the user is the only backend tried. Otherwise EGL then OSMesa are tried;
+    if only OSMesa works and dm_control is not imported yet, this process is switched to it.
+    Cached: the probe costs a second or two (a child process imports dm_control).
+    """
+    current = os.environ.get("MUJOCO_GL")
+    user_choice = current if current and current not in _auto_chosen else None
+    candidates = (user_choice,) if user_choice else _BACKENDS
+    reasons = []
+    for backend in candidates:
+        reason = _probe(backend)
+        if reason is None:
+            if not user_choice and "dm_control" not in sys.modules:
+                os.environ["MUJOCO_GL"] = backend
+                _auto_chosen.add(backend)
+            return None
+        reasons.append(f"MUJOCO_GL={backend}: {reason}")
+    missing = _missing_packages()
+    hint = (
+        f"install the Debian package(s) {', '.join(missing)}"
+        if missing
+        else "check the GL driver (libegl1/libosmesa6 are installed)"
+    )
+    return f"MuJoCo offscreen rendering failed ({'; '.join(reasons)}); {hint}"
