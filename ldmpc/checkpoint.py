@@ -1,0 +1,263 @@
+"""Checkpoints: atomic writes, a format version, a config fingerprint and safe (weights_only) loads.
+
+Why each piece: a kill mid-write must never destroy the last good checkpoint (atomic temp+rename);
+loading someone's file must not run code (torch.load(weights_only=True), so only tensors and plain
+python are stored); and resuming or evaluating with a different task or model size must fail with
+one line naming both, not with a shape error deep inside load_state_dict (fingerprint).
+
+Run layout: <run_dir>/checkpoints/step_<N>.pt (the last `keep` are kept) plus latest.pt, a full
+copy of the newest one that users can pass as `checkpoint=...`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import pickle
+import re
+import signal
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import torch
+
+from ldmpc.atomic import atomic_copy, atomic_writer, fsync_dir, is_temp_file
+from ldmpc.errors import UserError
+
+FORMAT_VERSION = 1
+KEYS = ("format_version", "ldmpc_version", "fingerprint", "counters", "payload")
+_STEP_RE = re.compile(r"^step_(\d+)\.pt$")
+_LEAVES = (type(None), bool, int, float, str, bytes, torch.Tensor, torch.dtype, torch.Size)
+
+
+def ldmpc_version() -> str:
+    try:
+        return importlib.metadata.version("ldmpc")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def to_safe(obj: Any, where: str = "payload") -> Any:
+    """Convert `obj` to what torch.load(weights_only=True) accepts.
+
+    numpy arrays become tensors, numpy scalars python scalars; dicts/lists/tuples are converted
+    recursively. Anything else is a bug in the caller: TypeError naming where it sits.
+    """
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, _LEAVES):
+        return obj
+    if isinstance(obj, dict):
+        out = {k: to_safe(v, f"{where}.{k}") for k, v in obj.items()}
+        return OrderedDict(out) if isinstance(obj, OrderedDict) else out
+    if isinstance(obj, list | tuple):
+        items = [to_safe(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    raise TypeError(
+        f"{where}: a {type(obj).__name__} cannot go into a weights_only checkpoint; "
+        f"store tensors, numbers, strings, lists or dicts"
+    )
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    payload: dict[str, Any],
+    *,
+    fingerprint: dict[str, Any],
+    counters: dict[str, Any],
+) -> Path:
+    """Atomically write a checkpoint to `path` (parents are created); returns the path."""
+    path = Path(path)
+    obj = {
+        "format_version": FORMAT_VERSION,
+        "ldmpc_version": ldmpc_version(),
+        "fingerprint": to_safe(fingerprint, "fingerprint"),
+        "counters": to_safe(counters, "counters"),
+        "payload": to_safe(payload),
+    }
+    with atomic_writer(path) as f:
+        torch.save(obj, f)
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    expected_fingerprint: dict[str, Any] | None = None,
+    map_location: str | torch.device | None = "cpu",
+) -> dict[str, Any]:
+    """Load and check a checkpoint; every problem is a one-line UserError naming the file.
+
+    Returns the whole dict (format_version, ldmpc_version, fingerprint, counters, payload).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"checkpoint {path} is corrupt or truncated: the file is empty")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e):  # a valid pickle naming code: refuse to run it
+            raise UserError(
+                f"checkpoint {path} is unsafe to load with weights_only=True "
+                f"(not written by ldmpc?): {_reason(e)}"
+            ) from None
+        raise UserError(f"checkpoint {path} is corrupt or truncated: {_reason(e)}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise UserError(f"checkpoint {path} is corrupt or truncated: {_reason(e)}") from None
+    missing = [k for k in KEYS if not isinstance(obj, dict) or k not in obj]
+    if missing:
+        raise UserError(f"checkpoint {path} is not an ldmpc checkpoint (missing {missing[0]!r})")
+    if obj["format_version"] != FORMAT_VERSION:
+        raise UserError(
+            f"checkpoint {path} has format version {obj['format_version']} "
+            f"(written by ldmpc {obj['ldmpc_version']}); this ldmpc {ldmpc_version()} reads "
+            f"version {FORMAT_VERSION}"
+        )
+    if expected_fingerprint is not None:
+        check_fingerprint(path, obj["fingerprint"], expected_fingerprint)
+    return obj
+
+
+def _reason(e: BaseException) -> str:
+    """The informative line of a torch/pickle error (torch wraps it in paragraphs of advice)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        if "Unsupported" in ln:  # weights_only: "...: Unsupported global: GLOBAL x.y was not..."
+            return ln[ln.index("Unsupported") :].split(" was not an allowed global")[0]
+    first = lines[0] if lines else type(e).__name__
+    return first.split(". This is an internal")[0]
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return [_norm(v) for v in value]
+    return value
+
+
+def _show(value: Any) -> str:
+    if value is _MISSING:
+        return "<unset>"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ",".join(_show(v) for v in value) + "]"
+    return str(value)
+
+
+_MISSING = object()
+
+
+def check_fingerprint(path: Path, saved: dict[str, Any], expected: dict[str, Any]) -> None:
+    """UserError listing every differing key with the checkpoint's and this run's value."""
+    keys = [*expected, *(k for k in saved if k not in expected)]
+    diff = [k for k in keys if _norm(saved.get(k, _MISSING)) != _norm(expected.get(k, _MISSING))]
+    if diff:
+        was = " ".join(f"{k}={_show(_norm(saved.get(k, _MISSING)))}" for k in diff)
+        now = " ".join(f"{k}={_show(_norm(expected.get(k, _MISSING)))}" for k in diff)
+        raise UserError(f"checkpoint {path} was trained with {was}; this run has {now}")
+
+
+# ------------------------------------------------------------------------------- run layout
+def checkpoint_dir(run_dir: str | os.PathLike[str]) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def _step_files(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [(_STEP_RE.match(p.name), p) for p in folder.iterdir()]
+    return sorted((int(m.group(1)), p) for m, p in found if m)
+
+
+def save_run_checkpoint(
+    run_dir: str | os.PathLike[str],
+    step: int,
+    payload: dict[str, Any],
+    *,
+    fingerprint: dict[str, Any],
+    counters: dict[str, Any],
+    keep: int = 3,
+) -> Path:
+    """Write step_<step>.pt, refresh latest.pt, delete all but the newest `keep` step files.
+
+    Meant for one writer per run directory (it sweeps temp files left by a killed write).
+    """
+    if keep < 1:
+        raise ValueError(f"keep={keep}: must be >= 1")
+    folder = checkpoint_dir(run_dir)
+    path = save_checkpoint(
+        folder / f"step_{int(step)}.pt", payload, fingerprint=fingerprint, counters=counters
+    )
+    atomic_copy(path, folder / "latest.pt")
+    for _, old in _step_files(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    for leftover in folder.iterdir():  # temp files of a write that was killed (one writer per run)
+        if is_temp_file(leftover.name):
+            leftover.unlink(missing_ok=True)
+    fsync_dir(folder)
+    return path
+
+
+def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest complete checkpoint of a run: the highest step_<N>.pt, else latest.pt, else None.
+
+    Step files are preferred because a kill between writing step_<N>.pt and refreshing latest.pt
+    leaves latest.pt one checkpoint behind; every file present is complete (atomic writes).
+    """
+    steps = _step_files(run_dir)
+    if steps:
+        return steps[-1][1]
+    latest = checkpoint_dir(run_dir) / "latest.pt"
+    return latest if latest.is_file() else None
+
+
+# ------------------------------------------------------------------------------- signals
+class GracefulExit:
+    """Turn SIGINT/SIGTERM into a flag so a training loop can checkpoint and exit cleanly.
+
+    Usage: `with GracefulExit() as stop: while not stop.requested: ...` then save. A second
+    SIGINT while a request is pending raises KeyboardInterrupt (a user's impatient Ctrl-C wins).
+    Old handlers are restored on exit. Off the main thread (where Python cannot install signal
+    handlers, e.g. inside some Ray actors) it installs nothing and `requested` stays False.
+    """
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
+        self.signals = signals
+        self.requested = False
+        self.signum: int | None = None
+        self.installed = False
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signum = signum
+
+    @property
+    def signal_name(self) -> str | None:
+        return signal.Signals(self.signum).name if self.signum is not None else None
+
+    def __enter__(self) -> GracefulExit:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.signals:
+                self._old[sig] = signal.signal(sig, self._handle)
+            self.installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+        self.installed = False
