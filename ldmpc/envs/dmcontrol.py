@@ -3,6 +3,8 @@
 One `step()` is one dm_control control step; action repeat and the 500-step episode limit are
 added by `ldmpc.envs.wrappers`. dm_control's own time limit is disabled (infinite), so episodes
 end only by that limit (truncation) or by a task's own termination (only lqr has one).
+Note: dm_control's quadruped-escape re-uploads its random terrain to a GL context at every
+reset, so that one task needs working offscreen rendering even for state observations.
 """
 
 from __future__ import annotations
