@@ -288,8 +288,8 @@ class EpisodeReplay:
             reward = self._reward[seg].sum(-1, dtype=np.float32)
             terminated = self._terminated[seg].any(-1)
         out = {
-            "obs": self._obs[obs_rows],
-            "action": self._action[act_rows],
+            "obs": self._obs.take(obs_rows, axis=0),  # take: ~2x faster than fancy indexing
+            "action": self._action.take(act_rows, axis=0),
             "reward": reward[..., None],
             "terminated": terminated[..., None].astype(np.float32),
             "task": tasks[k],

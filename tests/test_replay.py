@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -321,3 +322,20 @@ def test_missing_or_corrupt_files_raise_one_line_user_errors(tmp_path: Path) -> 
     with pytest.raises(UserError, match=r"holds obs_shape=\[3\].*this run has obs_shape=\[4\]"):
         EpisodeReplay(100, 3, (4,), A).load(tmp_path)
     assert rb.num_episodes == 0  # failed loads changed nothing
+
+
+def test_uint8_image_obs_and_empty_snapshots_round_trip(tmp_path: Path) -> None:
+    rb = EpisodeReplay(100, 2, (3, 8, 8), A, obs_dtype=np.uint8)
+    rb.save(tmp_path / "empty")
+    rb.load(tmp_path / "empty")
+    assert rb.num_episodes == 0
+    rng = np.random.default_rng(0)
+    obs = rng.integers(0, 256, (11, 3, 8, 8), dtype=np.uint8)
+    rb.add_episode({"obs": obs, "action": np.zeros((10, A)), "reward": np.ones(10)})
+    rb.save(tmp_path / "img")
+    back = EpisodeReplay(100, 2, (3, 8, 8), A, obs_dtype=np.uint8)
+    back.load(tmp_path / "img")
+    assert_same_episodes(rb, back)
+    assert back.sample(4)["obs"].dtype == np.uint8
+    with pytest.raises(UserError, match=re.escape("obs_dtype=|u1 action_dim=2; this run has")):
+        EpisodeReplay(100, 2, (3, 8, 8), A).load(tmp_path / "img")
