@@ -183,6 +183,7 @@ def test_vector_env_same_step_autoreset_keeps_final_obs() -> None:
         (lambda: make_env("mw-door-open", 0), r"\(metaworld\) is not yet supported"),
         (lambda: make_env("walker-walk", 0, obs="rgb"), "obs=rgb is not implemented"),
         (lambda: make_vector_env("walker-walk", 0, 0), "num_envs must be >= 1"),
+        (lambda: make_env("walker-walk", -1), r"seed must be in \[0, 2\*\*32\)"),
     ],
 )
 def test_bad_requests_are_user_errors(call, message: str) -> None:
@@ -198,6 +199,7 @@ def test_render_frame() -> None:
     env.reset()
     frame = env.render()
     assert frame.shape == (384, 384, 3) and frame.dtype == np.uint8 and frame.std() > 0
+    assert env.metadata["render_fps"] == pytest.approx(25.0)  # 1 / (0.02 s x repeat 2)
 
 
 def test_rendering_problem_reports_instead_of_crashing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,6 +23,7 @@ from dm_control import suite  # noqa: E402
 from dm_control.rl import control  # noqa: E402
 
 from ldmpc.envs.custom import CUSTOM_TASKS  # noqa: E402
+from ldmpc.errors import UserError  # noqa: E402
 
 # Action bounds beyond this are "unbounded" (lqr uses +/-1e10): pass [-1, 1] through unscaled.
 _UNBOUNDED = 1e6
@@ -31,6 +32,8 @@ _CAMERA = {"quadruped": 2}  # dm_control's default camera 0 shows little of thes
 
 def load(domain: str, task: str, seed: int) -> control.Environment:
     """Build the dm_control env with its task randomness seeded from `seed` and no time limit."""
+    if not 0 <= seed < 2**32:
+        raise UserError(f"seed must be in [0, 2**32) for dmcontrol, got {seed}")
     random = np.random.RandomState(seed)
     if (domain, task) in CUSTOM_TASKS:
         return CUSTOM_TASKS[domain, task](task, random, float("inf"))
@@ -54,6 +57,8 @@ class DMControlEnv(gym.Env):
         self._seed = seed
         self._env = load(domain, task, seed)
         self._fresh = True  # built with self._seed and never reset: reset(seed=same) can reuse it
+        # frames per second of one control step; ActionRepeat divides it by the repeat
+        self.metadata = {**self.metadata, "render_fps": 1.0 / self._env.control_timestep()}
         self._keys = list(self._env.observation_spec())
         size = sum(int(np.prod(spec.shape)) for spec in self._env.observation_spec().values())
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)

@@ -24,6 +24,8 @@ class ActionRepeat(gym.Wrapper):
             raise ValueError(f"action repeat must be >= 1, got {repeat}")
         super().__init__(env)
         self.repeat = repeat
+        if env.metadata.get("render_fps"):  # one frame per agent step in eval videos
+            self.metadata = {**env.metadata, "render_fps": env.metadata["render_fps"] / repeat}
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         total = 0.0
