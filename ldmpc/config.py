@@ -56,9 +56,7 @@ class Config:
     """Every key a run reads. Field order is the order of `--help`."""
 
     # environment
-    task: str = _f(
-        "cartpole-swingup", "task (see `ldmpc tasks`) or task set: mt30, mt80, mw10"
-    )
+    task: str = _f("cartpole-swingup", "task (see `ldmpc tasks`) or task set: mt30, mt80, mw10")
     obs: str = _f("state", "observation type: state | rgb")
     # evaluation
     checkpoint: str | None = _f(None, "checkpoint file to evaluate or to start from")
@@ -80,9 +78,7 @@ class Config:
     discount_max: float = _f(0.995, "upper clip of the discount heuristic")
     buffer_size: int = _f(1_000_000, "replay capacity in transitions (FIFO by episode)")
     utd_ratio: float = _f(1.0, "gradient updates per agent step after the seed phase")
-    seed_steps: int = _f(
-        0, "random-action steps first (0: max(1000, 5 x episode length))"
-    )
+    seed_steps: int = _f(0, "random-action steps first (0: max(1000, 5 x episode length))")
     exp_name: str = _f("default", "experiment name (part of the run directory)")
     data_dir: str | None = _f(None, "offline dataset directory (multitask issue)")
     # planning

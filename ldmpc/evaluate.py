@@ -81,15 +81,18 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
 
     set_threads(cfg.torch_threads)
     device = resolve_device(cfg.device)
-    ckpt = load_checkpoint(cfg.checkpoint, expected_fingerprint=fingerprint(cfg),
-                           map_location=device)
+    ckpt = load_checkpoint(
+        cfg.checkpoint, expected_fingerprint=fingerprint(cfg), map_location=device
+    )
     agent = Agent(cfg, device)
     agent.load_state_dict(ckpt["payload"]["agent"])
     video_dir = os.path.join(cfg.run_dir, "videos", "eval") if cfg.save_video else None
     result = evaluate(agent, cfg, cfg.eval_episodes, seed=cfg.seed + 10_000, video_dir=video_dir)
     step = ckpt["counters"].get("step", "?")
-    line = (f"{cfg.task}  step={step}  return={result['episode_reward']:.1f} ± "
-            f"{result['episode_reward_std']:.1f} over {cfg.eval_episodes} episodes")
+    line = (
+        f"{cfg.task}  step={step}  return={result['episode_reward']:.1f} ± "
+        f"{result['episode_reward_std']:.1f} over {cfg.eval_episodes} episodes"
+    )
     if cfg.metric == "success":
         line += f"  success={result['episode_success']:.2f}"
     print(line)
