@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -193,12 +194,10 @@ def parse(overrides: list[str] | dict[str, Any] | None = None) -> DictConfig:
             raise UserError(f"unknown config key '{key}'{close_matches(key, USER_KEYS)}")
     cfg = OmegaConf.structured(Config)
     for key, raw in given.items():
-        value = OmegaConf.create({"v": raw}).v if isinstance(raw, str) else raw
         try:
-            cfg[key] = value
-        except OmegaConfBaseException:
-            kind = _type_name(FIELDS[key].type)
-            raise UserError(f"{key}={raw!s}: expected {kind}") from None
+            cfg[key] = coerce(key, raw) if isinstance(raw, str) else raw
+        except (ValueError, OmegaConfBaseException):
+            raise UserError(f"{key}={raw!s}: expected {_type_name(FIELDS[key].type)}") from None
     if cfg.model_size not in MODEL_SIZES:
         raise UserError(f"model_size={cfg.model_size}: allowed {', '.join(map(str, MODEL_SIZES))}")
     for key, value in MODEL_SIZES[cfg.model_size].items():
@@ -208,14 +207,41 @@ def parse(overrides: list[str] | dict[str, Any] | None = None) -> DictConfig:
     return cfg
 
 
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def _base_type(t: Any) -> str:
+    """'int', 'float', 'bool', 'str' or 'list' from a (string) annotation like 'str | None'."""
+    text = str(getattr(t, "__name__", t))
+    return "list" if text.startswith("list") else text.split("|")[0].strip()
+
+
 def _type_name(t: Any) -> str:
-    text = str(t)
-    return {
-        "int": "an integer",
-        "float": "a number",
-        "bool": "true or false",
-        "str": "a string",
-    }.get(getattr(t, "__name__", text), text.replace("typing.", ""))
+    return _TYPE_NAMES.get(_base_type(t), str(t))
+
+
+def coerce(key: str, raw: str) -> Any:
+    """Convert an override's text to the key's declared type (ValueError when it does not fit)."""
+    t = FIELDS[key].type
+    if raw.strip().lower() in ("null", "none", "~") and "None" in str(t):
+        return None
+    kind = _base_type(t)
+    if kind == "int":
+        number = float(raw.replace("_", ""))
+        if not number.is_integer():
+            raise ValueError(raw)
+        return int(number)
+    if kind == "float":
+        return float(raw)
+    if kind == "bool":
+        word = raw.strip().lower()
+        if word not in ("true", "false"):
+            raise ValueError(raw)
+        return word == "true"
+    if kind == "list":
+        value = yaml.safe_load(raw)
+        return value if isinstance(value, list) else [value]
+    return raw
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
