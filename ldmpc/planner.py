@@ -1,0 +1,208 @@
+"""Batched MPPI in latent space for E envs at once (TD-MPC2's planner, vectorised over envs).
+
+Every tensor is [E, N, H, A]-shaped: one pass of the world model scores all candidates of all
+envs, with no Python loop over envs or samples and no host/device sync inside the loop.
+
+Randomness design: all noise of one decision is drawn up front into a `PlanNoise` whose tensors
+have the env as their leading dim (the pair of Q heads per iteration is shared by all envs).
+Planning is then a deterministic function of (model, z, warm start, noise), so env e of a
+batched plan equals a single-env plan fed `noise.select(e)` (up to float round-off of batched
+matmuls). Callers that want per-env generators can build the noise env by env and `cat` it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from ldmpc.math_utils import two_hot_inv
+
+
+@dataclass
+class PlanNoise:
+    """Pre-drawn randomness of one planning decision for E envs.
+
+    pi_eps [E, P, H, A]: policy-prior trajectories; act [I, E, N-P, H, A]: Gaussian candidates;
+    term_eps [I, E, N, A]: policy action at the end of the horizon; heads [I, 2]: Q heads
+    averaged per iteration (shared by envs); gumbel [E, K]: elite choice; final [E, A]: exploration.
+    """
+
+    pi_eps: torch.Tensor
+    act: torch.Tensor
+    term_eps: torch.Tensor
+    heads: torch.Tensor
+    gumbel: torch.Tensor
+    final: torch.Tensor
+
+    def select(self, idx: int | slice | torch.Tensor) -> PlanNoise:
+        """The noise of a subset of envs (same values as in the batched draw)."""
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1)
+        return PlanNoise(
+            pi_eps=self.pi_eps[idx],
+            act=self.act[:, idx],
+            term_eps=self.term_eps[:, idx],
+            heads=self.heads,
+            gumbel=self.gumbel[idx],
+            final=self.final[idx],
+        )
+
+    @staticmethod
+    def cat(parts: list[PlanNoise]) -> PlanNoise:
+        """Join per-env noise (e.g. drawn from per-env generators); heads come from the first."""
+        env_dim = {"pi_eps": 0, "act": 1, "term_eps": 1, "gumbel": 0, "final": 0}
+        out = {k: torch.cat([getattr(p, k) for p in parts], dim=d) for k, d in env_dim.items()}
+        return PlanNoise(heads=parts[0].heads, **out)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+
+def sample_noise(
+    cfg: Any, num_envs: int, device: torch.device | str, generator: torch.Generator | None = None
+) -> PlanNoise:
+    """Draw all randomness of one decision for `num_envs` envs from `generator`."""
+    E, It, N, P, K = num_envs, cfg.iterations, cfg.num_samples, cfg.num_pi_trajs, cfg.num_elites
+    H, A = cfg.horizon, cfg.action_dim
+    kw = {"device": device, "generator": generator}
+    heads = torch.rand(It, cfg.num_q, **kw).argsort(dim=-1)[:, :2]
+    uniform = torch.rand(E, K, **kw).clamp_(1e-20, 1.0 - 1e-7)
+    return PlanNoise(
+        pi_eps=torch.randn(E, P, H, A, **kw),
+        act=torch.randn(It, E, N - P, H, A, **kw),
+        term_eps=torch.randn(It, E, N, A, **kw),
+        heads=heads,
+        gumbel=-torch.log(-torch.log(uniform)),
+        final=torch.randn(E, A, **kw),
+    )
+
+
+def model_evals_per_decision(cfg: Any) -> dict[str, int]:
+    """Analytic count of world-model calls per env per decision (rows through each head).
+
+    `dynamics` is the headline number a benchmark reports as "model evaluations".
+    """
+    It, N, P, H = cfg.iterations, cfg.num_samples, cfg.num_pi_trajs, cfg.horizon
+    return {
+        "dynamics": P * (H - 1) + It * N * H,
+        "reward": It * N * H,
+        "pi": P * H + It * N,
+        "q_heads": It * N * 2,
+    }
+
+
+def warm_start(
+    prev_mean: torch.Tensor | None, is_first: torch.Tensor, cfg: Any, like: torch.Tensor
+) -> torch.Tensor:
+    """Initial MPPI mean [E, H, A]: the previous mean shifted one step (zero-padded), or zeros
+    where the episode starts (`is_first`) or no previous mean exists."""
+    E = like.shape[0]
+    mean = torch.zeros(E, cfg.horizon, cfg.action_dim, device=like.device, dtype=like.dtype)
+    if prev_mean is None:
+        return mean
+    keep = (~is_first.to(device=like.device, dtype=torch.bool)).to(like.dtype)
+    mean[:, :-1] = prev_mean[:, 1:] * keep[:, None, None]
+    return mean
+
+
+@torch.no_grad()
+def estimate_value(
+    model: Any,
+    z: torch.Tensor,
+    actions: torch.Tensor,
+    term_eps: torch.Tensor,
+    heads: torch.Tensor,
+    cfg: Any,
+    task: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Discounted model return of action sequences plus a bootstrapped Q: [E, N, 1].
+
+    z [E, N, L] (the env's latent repeated), actions [E, N, H, A]; the terminal action comes
+    from the policy prior and Q is the mean of the two heads in `heads` (TD-MPC2's 'avg').
+    """
+    G = torch.zeros(*z.shape[:-1], 1, device=z.device, dtype=z.dtype)
+    discount = 1.0
+    for t in range(cfg.horizon):
+        a = actions[:, :, t]
+        r = two_hot_inv(model.reward(z, a, task), cfg.num_bins, cfg.vmin, cfg.vmax)
+        z = model.next(z, a, task)
+        G = G + discount * r
+        discount = discount * cfg.discount
+    a, _ = model.pi(z, task, eps=term_eps)
+    return G + discount * model.Q(z, a, task, return_type="avg", heads=heads)
+
+
+@torch.no_grad()
+def policy_trajectories(
+    model: Any, z: torch.Tensor, pi_eps: torch.Tensor, cfg: Any, task: torch.Tensor | None
+) -> torch.Tensor:
+    """Roll the policy prior through the model: [E, P, H, A] candidate action sequences."""
+    P = pi_eps.shape[1]
+    zp = z.unsqueeze(1).expand(-1, P, -1)
+    acts = []
+    for t in range(cfg.horizon):
+        a, _ = model.pi(zp, task, eps=pi_eps[:, :, t])
+        acts.append(a)
+        if t < cfg.horizon - 1:
+            zp = model.next(zp, a, task)
+    return torch.stack(acts, dim=2)
+
+
+@torch.no_grad()
+def plan(
+    model: Any,
+    z: torch.Tensor,
+    prev_mean: torch.Tensor | None,
+    is_first: torch.Tensor,
+    cfg: Any,
+    eval_mode: bool = False,
+    noise: PlanNoise | None = None,
+    generator: torch.Generator | None = None,
+    action_mask: torch.Tensor | None = None,
+    task: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One MPPI decision for E envs: (action [E, A] in [-1, 1], new mean [E, H, A]).
+
+    z [E, L]: current latents; prev_mean [E, H, A] or None; is_first [E] bool (no warm start);
+    noise: pre-drawn (else drawn from `generator`); action_mask [E, A]: padded dims forced to 0;
+    task [E] long (multitask). In eval mode the final exploration noise is not added.
+    """
+    E = z.shape[0]
+    if noise is None:
+        noise = sample_noise(cfg, E, z.device, generator)
+    task_n = task.unsqueeze(1) if task is not None else None  # broadcast over samples
+    mask = action_mask[:, None, None, :] if action_mask is not None else None  # [E, 1, 1, A]
+
+    pi_actions = policy_trajectories(model, z, noise.pi_eps, cfg, task_n)  # [E, P, H, A]
+    zs = z.unsqueeze(1).expand(-1, cfg.num_samples, -1)
+    mean = warm_start(prev_mean, is_first, cfg, z)
+    std = torch.full_like(mean, cfg.max_std)
+    for i in range(cfg.iterations):
+        sampled = (mean.unsqueeze(1) + std.unsqueeze(1) * noise.act[i]).clamp(-1, 1)
+        actions = torch.cat([pi_actions, sampled], dim=1)  # [E, N, H, A]
+        if mask is not None:
+            actions = actions * mask
+        value = estimate_value(model, zs, actions, noise.term_eps[i], noise.heads[i], cfg, task_n)
+        value = value.squeeze(-1).nan_to_num(0.0)  # [E, N]
+        elite_value, elite_idx = torch.topk(value, cfg.num_elites, dim=1)
+        elites = actions.gather(1, elite_idx[:, :, None, None].expand(-1, -1, *actions.shape[2:]))
+        score = torch.softmax(cfg.temperature * elite_value, dim=1)  # [E, K]
+        w = score[:, :, None, None]
+        mean = (w * elites).sum(1)
+        std = (
+            (w * (elites - mean.unsqueeze(1)).pow(2)).sum(1).sqrt().clamp(cfg.min_std, cfg.max_std)
+        )
+        if mask is not None:
+            mean, std = mean * mask[:, 0], std * mask[:, 0]
+
+    # Pick one elite by its score (Gumbel-max), execute its first action (+ std noise if exploring).
+    choice = (score.log() + noise.gumbel).argmax(dim=1)  # [E]
+    action = elites[torch.arange(E, device=z.device), choice, 0]  # [E, A]
+    if not eval_mode:
+        action = action + std[:, 0] * noise.final
+    action = action.clamp(-1, 1)
+    if action_mask is not None:
+        action = action * action_mask
+    return action, mean
