@@ -1,0 +1,153 @@
+"""Env runner side: the env creator, a thin SingleAgentEnvRunner subclass, episode stitching.
+
+RLlib's `SingleAgentEnvRunner` steps a gymnasium vector env (sync mode, next-step autoreset) and
+records `SingleAgentEpisode`s. A `sample(num_timesteps=n)` call returns finished episodes plus
+chunks of ongoing ones (cut at the call boundary, same episode id). TD-MPC2's replay stores
+whole episodes, so `EpisodeStitcher` joins chunks by id and hands out only finished episodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
+
+ENV_NAME = "ldmpc-env"  # the name the env runners create their sub-envs by
+SEED_STRIDE = 10_000  # seed offset between env runners: runner w, sub-env i -> seed + w*S + i
+
+
+def register_ldmpc_env() -> str:
+    """Register the env creator with Ray's registry (RLlib accepts classes or registered ids)."""
+    from ray.tune.registry import register_env
+
+    register_env(ENV_NAME, make_ldmpc_env)
+    return ENV_NAME
+
+
+def make_ldmpc_env(ctx: dict[str, Any]) -> gym.Env:
+    """Env creator behind ENV_NAME; `config.environment(env_config=...)` fills ctx.
+
+    ctx (RLlib's EnvContext) holds task, obs and seed. The runner's first `reset(seed=...)`
+    re-seeds every sub-env (seed + i for sub-env i), see `LdmpcEnvRunner`.
+    """
+    from ldmpc.envs import make_env
+
+    return make_env(ctx["task"], seed=int(ctx["seed"]), obs=ctx.get("obs", "state"))
+
+
+class LdmpcEnvRunner(SingleAgentEnvRunner):
+    """SingleAgentEnvRunner with distinct env seeds, seeded random actions, the planning device.
+
+    - RLlib seeds runner w with seed + w, so sub-envs of neighbouring runners would share seeds
+      (seed + w + i); here runner w uses seed + w * SEED_STRIDE.
+    - Seed-phase actions come from the vector env's action space (`sample(random_actions=True)`);
+      its RNG is seeded from the runner seed so runs are reproducible.
+    - RLlib puts the local runner's module on the CPU regardless of GPUs; in local mode the
+      planner must run where `cfg.device` says, so the module is moved there.
+    """
+
+    def __init__(self, *, config: Any, **kwargs: Any) -> None:
+        if kwargs.get("worker_index"):  # a remote actor: pin its torch threads (DESIGN.md §3.3)
+            from ldmpc.runtime import set_threads
+
+            set_threads(getattr(config, "ldmpc", {}).get("torch_threads") or 1)
+        super().__init__(config=config, **kwargs)
+
+    def make_env(self) -> None:
+        if self.config.seed is not None:
+            self._seed = int(self.config.seed) + SEED_STRIDE * int(self.worker_index or 0)
+        super().make_env()
+        if self._seed is not None:
+            self.env.action_space.seed(self._seed)
+
+    def make_module(self) -> None:
+        super().make_module()
+        if self.module is None or self.worker_index:
+            return  # remote runners: RLlib's device (num_gpus_per_env_runner) is right
+        from ldmpc.runtime import resolve_device
+
+        device = resolve_device(self.module.model_config["ldmpc"]["device"])
+        if device != self._device:
+            self._device = device
+            self.module.to(device)
+
+
+@dataclass
+class FinishedEpisode:
+    """One whole episode in replay format plus what the logs need."""
+
+    data: dict[str, np.ndarray]  # obs [T+1, ...], action [T, A], reward [T], terminated [T]
+    ret: float
+    success: float
+    weights_seq_no: int  # newest weights version that planned any step of it
+
+
+@dataclass
+class _Partial:
+    obs: list[np.ndarray] = field(default_factory=list)
+    action: list[np.ndarray] = field(default_factory=list)
+    reward: list[np.ndarray] = field(default_factory=list)
+    success: float = 0.0
+    weights_seq_no: int = 0
+
+
+class EpisodeStitcher:
+    """Joins the chunks of each episode (by id) across `sample()` calls.
+
+    Each chunk after the first starts with the observation the previous chunk ended with, so
+    that observation is dropped when joining. Episodes still running at a checkpoint are not
+    stored (their steps are counted); after a resume the runners start fresh episodes anyway.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[str, _Partial] = {}
+
+    @property
+    def num_open(self) -> int:
+        return len(self._open)
+
+    def add(self, chunks: list[SingleAgentEpisode]) -> list[FinishedEpisode]:
+        finished = []
+        for chunk in chunks:
+            part = self._open.setdefault(chunk.id_, _Partial())
+            if len(chunk) > 0:
+                obs = np.asarray(chunk.get_observations())
+                part.obs.append(obs if not part.obs else obs[1:])
+                part.action.append(np.asarray(chunk.get_actions(), np.float32))
+                part.reward.append(np.asarray(chunk.get_rewards(), np.float32))
+                part.success = max(part.success, _success(chunk))
+                part.weights_seq_no = max(part.weights_seq_no, _weights_seq_no(chunk))
+            if chunk.is_done:
+                del self._open[chunk.id_]
+                if part.action:
+                    finished.append(_finish(part, terminated=chunk.is_terminated))
+        return finished
+
+
+def _finish(part: _Partial, terminated: bool) -> FinishedEpisode:
+    reward = np.concatenate(part.reward)
+    term = np.zeros(len(reward), bool)
+    term[-1] = terminated
+    data = {
+        "obs": np.concatenate(part.obs).astype(np.float32, copy=False),
+        "action": np.concatenate(part.action),
+        "reward": reward,
+        "terminated": term,
+    }
+    return FinishedEpisode(data, float(reward.sum()), part.success, part.weights_seq_no)
+
+
+def _success(chunk: SingleAgentEpisode) -> float:
+    infos = chunk.get_infos()
+    return max((float(i.get("success", 0.0)) for i in infos if isinstance(i, dict)), default=0.0)
+
+
+def _weights_seq_no(chunk: SingleAgentEpisode) -> int:
+    if WEIGHTS_SEQ_NO not in chunk.extra_model_outputs:
+        return 0
+    return int(np.max(chunk.get_extra_model_outputs(WEIGHTS_SEQ_NO)))

@@ -1,0 +1,143 @@
+"""The planner as a stateful RLlib RLModule: one batched MPPI call for all envs of a runner.
+
+Why an RLModule: RLlib's env runner then steps the vector env, records episodes and carries
+the per-env planner state for us. The warm-start mean travels as `Columns.STATE_IN/STATE_OUT`.
+RLlib's env-to-module connector (`AddStatesFromEpisodesToBatch`) feeds `get_initial_state()`
+for every episode that has no steps yet, so the warm start is reset at each episode start
+without any bookkeeping here; the `first` flag in the state tells the agent which envs those are.
+
+On the learner side the same module holds the world model; `_forward_train` computes the whole
+TD-MPC2 loss (world model + policy through a detached Q) so that a DDP wrapper sees one forward
+and the learner does one backward (DESIGN.md §3.3).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
+
+# Replay windows are time-major ([H+1, B, ...]); RLlib splits batches along dim 0, so they
+# travel batch-major and are flipped back here. Other columns (task [B]) are batch-major.
+TIME_MAJOR_KEYS = ("obs", "action", "reward", "terminated")
+FIRST = "first"  # state key: 1.0 while the env has not been planned for in this episode
+
+
+def module_config(cfg: DictConfig) -> dict[str, Any]:
+    """The RLModule `model_config`: our whole derived config (plain dict) + RLlib's max_seq_len.
+
+    max_seq_len is required by RLlib for stateful modules; we never train on sequences of
+    module states, so it is 1.
+    """
+    return {"ldmpc": OmegaConf.to_container(cfg, resolve=True), "max_seq_len": 1}
+
+
+def to_time_major(batch: dict[str, Any]) -> dict[str, Any]:
+    """Batch-major transport batch -> the time-major batch the losses expect."""
+    return {k: (v.transpose(0, 1) if k in TIME_MAJOR_KEYS else v) for k, v in batch.items()}
+
+
+def to_batch_major(batch: dict[str, Any]) -> dict[str, Any]:
+    """Replay's time-major numpy batch -> batch-major, so RLlib can shard it along dim 0."""
+    return {k: (v.swapaxes(0, 1) if k in TIME_MAJOR_KEYS else v) for k, v in batch.items()}
+
+
+class PlannerModule(TorchRLModule):
+    """Holds an `ldmpc.agent.Agent`; acting plans with it, training returns the TD-MPC2 loss."""
+
+    def setup(self) -> None:
+        from ldmpc.agent import Agent
+
+        cfg = OmegaConf.create(self.model_config["ldmpc"])
+        OmegaConf.set_readonly(cfg, True)
+        self.cfg: DictConfig = cfg
+        # The agent is built on the CPU; RLlib then moves this module to its device (see _apply).
+        # It is not an nn.Module: its model and Q scale are registered here, so they are this
+        # module's weights (optimizers, weight sync, DDP, RLlib checkpoints).
+        self.__dict__["agent"] = Agent(cfg, torch.device("cpu"))
+        self.model = self.agent.model
+        self.scale = self.agent.scale
+        self._obs_ndim = len(cfg.obs_shape)
+        self._pending_scale: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ state
+    def get_initial_state(self) -> dict[str, torch.Tensor]:
+        """Per-env state of a fresh episode: the agent's (zero warm-start mean), `first` set."""
+        state = {k: v[0].cpu() for k, v in self.agent.initial_state(1).items()}
+        return {**state, FIRST: torch.ones(())}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> PlannerModule:
+        """`.to(device)` moves the registered weights; move the agent's other device state too."""
+        out = super()._apply(fn, *args, **kwargs)
+        device = self.device
+        if device != self.agent.device:
+            self.agent.device = device
+            self.agent.generator = torch.Generator(device).manual_seed(int(self.cfg.seed))
+        return out
+
+    # ------------------------------------------------------------------ acting
+    def _forward_inference(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return self._plan(batch, eval_mode=True)
+
+    def _forward_exploration(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return self._plan(batch, eval_mode=False)
+
+    @torch.no_grad()
+    def _plan(self, batch: dict[str, Any], eval_mode: bool) -> dict[str, Any]:
+        """One MPPI decision for every env in the batch, warm-started from STATE_IN.
+
+        A stateful module gets obs with a time axis of 1 ([E, 1, ...]) from RLlib's default
+        connectors and must return actions with it; STATE_OUT has no time axis.
+        """
+        obs = batch[Columns.OBS]
+        timed = obs.dim() == self._obs_ndim + 2
+        obs = (obs[:, 0] if timed else obs).to(self.device, torch.float32)
+        state_in = {k: v.to(self.device) for k, v in batch[Columns.STATE_IN].items()}
+        is_first = state_in.pop(FIRST) > 0.5
+        action, state_out = self.agent.act(obs, state_in, is_first, eval_mode=eval_mode)
+        state_out = {k: v for k, v in state_out.items() if k != FIRST}
+        state_out[FIRST] = torch.zeros_like(is_first, dtype=torch.float32)
+        return {
+            Columns.ACTIONS: action.unsqueeze(1) if timed else action,
+            Columns.STATE_OUT: state_out,
+        }
+
+    # ------------------------------------------------------------------ training
+    def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """The whole TD-MPC2 loss of one replay batch (the learner only backprops it).
+
+        The candidate Q-scale is kept until `commit_update()`, so a skipped step leaves it as is.
+        """
+        from ldmpc.losses import total_loss
+
+        loss, metrics, new_scale = total_loss(
+            self.model, to_time_major(dict(batch)), self.agent.cfg, self.scale
+        )
+        self._pending_scale = new_scale
+        return {"loss": loss, "info": metrics, "new_scale": new_scale}
+
+    @torch.no_grad()
+    def commit_update(self) -> None:
+        """After a successful optimizer step: target-Q EMA and the new Q scale (TD-MPC2)."""
+        self.model.soft_update_target_Q(self.cfg.tau)
+        if self._pending_scale is not None:
+            self.scale.commit(self._pending_scale)
+            self._pending_scale = None
+        self.agent.counters["updates"] += 1
+        self.agent.counters["consecutive_skips"] = 0
+
+    def skip_update(self) -> None:
+        """A non-finite step was dropped: count it like `Agent.update` does."""
+        self._pending_scale = None
+        self.agent.counters["skipped_updates"] += 1
+        self.agent.counters["consecutive_skips"] += 1
+
+    def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return self._plan(batch, eval_mode=True)
