@@ -1,0 +1,469 @@
+"""Top floor: TD-MPC2's training loop as a custom RLlib Algorithm (new API stack).
+
+RLlib is the skeleton, not the algorithm (DESIGN.md §3.3). `LdmpcAlgorithm.training_step`:
+1. samples one chunk (`rollout_fragment_length` vector steps) from the env runners — uniform
+   random actions during the seed phase, the planner module afterwards;
+2. stitches the returned episode chunks into whole episodes and adds them to `EpisodeReplay`;
+3. owes `utd_ratio` updates per new env step (and `seed_steps` pretraining updates when the seed
+   phase ends, as TD-MPC2 does) and pays at most `max_updates_per_iteration` of them per call
+   through `LearnerGroup.update(batch=...)` — no env steps are taken while a backlog remains,
+   so the pretraining burst keeps TD-MPC2's order but the loop stays responsive;
+4. syncs the new weights (with their version) to the env runners.
+
+`run_training(cfg)` (the `ldmpc train` entry) owns Ray, evaluation, logging and checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
+from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+from ray.rllib.utils.metrics import (
+    ENV_RUNNER_RESULTS,
+    ENV_RUNNER_SAMPLING_TIMER,
+    LEARNER_RESULTS,
+    LEARNER_UPDATE_TIMER,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    SYNCH_WORKER_WEIGHTS_TIMER,
+    TIMERS,
+)
+
+from actors.env_runner import EpisodeStitcher, FinishedEpisode, LdmpcEnvRunner, register_ldmpc_env
+from actors.planner_module import PlannerModule, module_config, to_batch_major
+from ldmpc.errors import UserError
+from learner.tdmpc_learner import NONFINITE_STREAK, TdmpcLearner
+
+MAX_UPDATES_PER_ITERATION = 32  # bounds one training_step (SIGTERM / progress latency)
+MAX_NONFINITE_STREAK = 100  # abort after this many non-finite losses in a row (DESIGN.md §4)
+
+
+@dataclass
+class Counters:
+    """Everything `resume=true` must restore besides weights, optimizers and replay."""
+
+    env_steps: int = 0
+    episodes: int = 0
+    updates: int = 0
+    owed_updates: float = 0.0  # updates due but not yet run (seed pretraining, utd backlog)
+
+
+class LdmpcConfig(AlgorithmConfig):
+    """RLlib config + our derived config (`self.ldmpc`, a plain dict so RLlib can copy it)."""
+
+    def __init__(self, algo_class: type | None = None) -> None:
+        super().__init__(algo_class=algo_class or LdmpcAlgorithm)
+        self.ldmpc: dict[str, Any] = {}
+        self.max_updates_per_iteration = MAX_UPDATES_PER_ITERATION
+
+    def get_default_rl_module_spec(self) -> RLModuleSpec:
+        return RLModuleSpec(module_class=PlannerModule)
+
+    def get_default_learner_class(self) -> type:
+        return TdmpcLearner
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.ldmpc:
+            raise ValueError("LdmpcConfig.ldmpc is empty: build it with rllib_config(cfg)")
+
+
+def rllib_config(cfg: DictConfig) -> LdmpcConfig:
+    """Translate our derived config into RLlib's settings (local topology by default)."""
+    from ldmpc.config import to_dict
+    from ldmpc.runtime import resolve_device
+
+    device = resolve_device(cfg.device)
+    config = (
+        LdmpcConfig()
+        .environment(
+            env=register_ldmpc_env(),
+            env_config={"task": cfg.task, "obs": cfg.obs, "seed": cfg.seed},
+            normalize_actions=False,  # actions are already in [-1, 1]
+            clip_actions=True,
+        )
+        .env_runners(
+            env_runner_cls=LdmpcEnvRunner,
+            num_env_runners=cfg.num_env_runners,
+            num_envs_per_env_runner=cfg.num_envs,
+            rollout_fragment_length=1,  # one vector step per training_step, as TD-MPC2
+            gym_env_vectorize_mode="sync",
+            explore=True,
+        )
+        .learners(
+            num_learners=cfg.num_learners,
+            num_gpus_per_learner=1 if device.type == "cuda" else 0,
+            local_gpu_idx=device.index or 0,
+        )
+        .rl_module(model_config=module_config(cfg))
+        .training(
+            lr=cfg.lr,
+            train_batch_size_per_learner=cfg.batch_size,
+            grad_clip=cfg.grad_clip_norm,
+            grad_clip_by="global_norm",
+        )
+        .framework("torch", torch_skip_nan_gradients=True)  # we skip non-finite steps ourselves
+        .fault_tolerance(restart_failed_env_runners=True)
+        .debugging(seed=cfg.seed, log_level="WARN")
+    )
+    config.ldmpc = to_dict(cfg)
+    return config
+
+
+class LdmpcAlgorithm(Algorithm):
+    """TD-MPC2 on RLlib: env runners plan, our replay stores episodes, the learner updates."""
+
+    @classmethod
+    def get_default_config(cls) -> LdmpcConfig:
+        return LdmpcConfig()
+
+    def _setup_logdir(self) -> None:
+        """Keep RLlib's per-trial files inside the run directory, not in ~/ray_results."""
+        run_dir = getattr(self.config, "ldmpc", {}).get("run_dir")
+        if self._storage is not None or not run_dir:
+            super()._setup_logdir()
+            return
+        self._logdir = os.path.abspath(os.path.join(run_dir, "rllib"))
+        os.makedirs(self._logdir, exist_ok=True)
+
+    def setup(self, config: AlgorithmConfig) -> None:
+        super().setup(config)
+        from ldmpc.replay import EpisodeReplay
+
+        self.cfg: DictConfig = OmegaConf.create(self.config.ldmpc)
+        OmegaConf.set_readonly(self.cfg, True)
+        cfg = self.cfg
+        self.replay = EpisodeReplay(
+            cfg.buffer_size, cfg.horizon, tuple(cfg.obs_shape), cfg.action_dim, seed=cfg.seed
+        )
+        self.stitcher = EpisodeStitcher()
+        self.counters = Counters()
+        self.finished: list[FinishedEpisode] = []  # drained by run_training's logger
+        self._recent = deque(maxlen=20)
+        self._weights_version = 0  # learner updates since this process started
+        self._acted_version = 0
+
+    # ------------------------------------------------------------------ the loop
+    def training_step(self) -> None:
+        if self.counters.owed_updates < 1 or self.replay.num_episodes == 0:
+            self._owe(self._collect())
+        n = min(int(self.counters.owed_updates), self.config.max_updates_per_iteration)
+        if n and self.replay.num_episodes > 0:
+            self._learn(n)
+            self._sync_weights()
+        self._log_counters()
+
+    @property
+    def seeding(self) -> bool:
+        return self.counters.env_steps < self.cfg.seed_steps
+
+    def _collect(self) -> int:
+        """One sample call on all runners; finished episodes go to replay. Returns env steps.
+
+        Random actions (seed phase) may only ever switch to planning, never back: RLlib's
+        episode chunks would then lack the STATE_OUT column for some steps.
+        """
+        with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+            chunks, runner_metrics = synchronous_parallel_sample(
+                worker_set=self.env_runner_group,
+                random_actions=self.seeding,
+                sample_timeout_s=self.config.sample_timeout_s,
+                _uses_new_env_runners=True,
+                _return_metrics=True,
+            )
+        self.metrics.aggregate(runner_metrics, key=ENV_RUNNER_RESULTS)
+        new_steps = sum(len(c) for c in chunks)
+        for ep in self.stitcher.add(chunks):
+            self.replay.add_episode(ep.data)
+            self.finished.append(ep)
+            self._recent.append(ep.ret)
+            self._acted_version = max(self._acted_version, ep.weights_seq_no)
+            self.counters.episodes += 1
+        self.counters.env_steps += new_steps
+        return new_steps
+
+    def _owe(self, new_steps: int) -> None:
+        """TD-MPC2's schedule: nothing while seeding, `seed_steps` updates when it ends, then
+        `utd_ratio` per env step (fractions carry over)."""
+        seed, now = self.cfg.seed_steps, self.counters.env_steps
+        before = now - new_steps
+        if now < seed:
+            return
+        if before < seed:
+            self.counters.owed_updates += seed + self.cfg.utd_ratio * (now - seed)
+        else:
+            self.counters.owed_updates += self.cfg.utd_ratio * new_steps
+
+    def _learn(self, n: int) -> None:
+        """n gradient updates, each on a fresh replay batch (one LearnerGroup.update each)."""
+        timesteps = {NUM_ENV_STEPS_SAMPLED_LIFETIME: self.counters.env_steps}
+        for _ in range(n):
+            batch = to_batch_major(self.replay.sample(self.cfg.batch_size))
+            ma_batch = MultiAgentBatch(
+                {DEFAULT_MODULE_ID: SampleBatch(batch)}, env_steps=self.cfg.batch_size
+            )
+            with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
+                results = self.learner_group.update(batch=ma_batch, timesteps=timesteps)
+            self.metrics.aggregate(results, key=LEARNER_RESULTS)
+            self._check_nonfinite()
+        self.counters.owed_updates -= n
+        self.counters.updates += n
+        self._weights_version += n
+
+    def _check_nonfinite(self) -> None:
+        streak = self.metrics.peek((LEARNER_RESULTS, NONFINITE_STREAK), default=0)
+        if streak >= MAX_NONFINITE_STREAK:
+            raise UserError(
+                f"{int(streak)} non-finite losses in a row: training diverged "
+                f"(lower lr={self.cfg.lr} or check the env's rewards/observations)"
+            )
+
+    def _sync_weights(self) -> None:
+        with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
+            self.env_runner_group.sync_weights(
+                from_worker_or_learner_group=self.learner_group, inference_only=True
+            )
+
+    def _log_counters(self) -> None:
+        values = {
+            **asdict(self.counters),
+            "replay_transitions": self.replay.num_transitions,
+            "replay_episodes": self.replay.num_episodes,
+            "weights_version": self._weights_version,
+            "acted_weights_version": self._acted_version,
+            "episode_return_recent": float(np.mean(self._recent)) if self._recent else np.nan,
+        }
+        for key, value in values.items():
+            self.metrics.log_value(("ldmpc", key), value, window=1)
+
+    def pop_finished(self) -> list[FinishedEpisode]:
+        out, self.finished = self.finished, []
+        return out
+
+    # ------------------------------------------------------------------ state (checkpoints)
+    def ldmpc_state(self) -> dict[str, Any]:
+        """Agent state (weights, optimizers, Q scale, RNG), counters and replay sampler RNG."""
+        return {
+            "agent": self.agent_weights(),
+            "counters": asdict(self.counters),
+            "replay": self.replay.get_state(),
+        }
+
+    def set_ldmpc_state(self, state: dict[str, Any]) -> None:
+        """Inverse of `ldmpc_state` (replay contents are loaded separately); syncs the runners."""
+        self.learner_group.foreach_learner(
+            lambda lrn: lrn.set_agent_state(DEFAULT_MODULE_ID, state["agent"])
+        )
+        self.counters = Counters(**state["counters"])
+        self.replay.set_state(state["replay"])
+        self._sync_weights()
+
+    def agent_weights(self) -> dict[str, Any]:
+        """The learner's full agent state (what `Agent.load_state_dict` takes)."""
+        return _first(
+            self.learner_group.foreach_learner(lambda lrn: lrn.agent_state(DEFAULT_MODULE_ID))
+        )
+
+
+def _first(results: Any) -> Any:
+    """The first learner's answer (all learners hold identical weights after an update)."""
+    return next(iter(results)).get()
+
+
+# ====================================================================== run_training
+
+
+def init_ray(cfg: DictConfig) -> bool:
+    """Start a local Ray (no dashboard, temp files under RAY_TMPDIR); False if already up."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(
+        num_cpus=len(os.sched_getaffinity(0)),
+        include_dashboard=False,
+        dashboard_host="127.0.0.1",
+        log_to_driver=cfg.num_env_runners > 0 or cfg.num_learners > 0,
+        logging_level=logging.WARNING,
+    )
+    return True
+
+
+def build_algorithm(cfg: DictConfig) -> LdmpcAlgorithm:
+    return rllib_config(cfg).build_algo()
+
+
+def run_training(cfg: DictConfig) -> dict[str, Any]:
+    """`ldmpc train`: train until cfg.steps with periodic eval and checkpoints; resumable.
+
+    SIGINT/SIGTERM finish the current iteration, write a checkpoint and return. Returns the
+    final counters, the last eval result and whether the run was interrupted.
+    """
+    import ray
+
+    from ldmpc.runtime import set_threads
+
+    set_threads(cfg.torch_threads)
+    started_ray = init_ray(cfg)
+    algo = build_algorithm(cfg)
+    try:
+        return _train(algo, cfg)
+    finally:
+        algo.stop()
+        if started_ray:
+            ray.shutdown()
+
+
+def _train(algo: LdmpcAlgorithm, cfg: DictConfig) -> dict[str, Any]:
+    from ldmpc.checkpoint import GracefulExit
+    from ldmpc.logging import RunLogger
+
+    start = resume(algo, cfg) if cfg.resume else 0
+    log = RunLogger(cfg, start_step=start, resumed=start > 0)
+    evaluator = Evaluator(cfg)
+    rate = Rate(start, algo.counters.updates)
+    last_eval: dict[str, float] | None = None
+    next_eval = _next_multiple(start, cfg.eval_freq, include=start == 0)
+    next_ckpt = _next_multiple(start, cfg.checkpoint_freq, include=False)
+    try:
+        with GracefulExit() as stop:
+            while algo.counters.env_steps < cfg.steps and not stop.requested:
+                algo.train()
+                step = algo.counters.env_steps
+                _log_episodes(algo, log, rate)
+                log.progress(step, sps=rate.steps_per_s(step), upd=algo.counters.updates)
+                if step >= next_eval:
+                    last_eval = evaluator(algo, step)
+                    log.log_eval(step, last_eval)
+                    next_eval = _next_multiple(step, cfg.eval_freq, include=False)
+                if cfg.checkpoint_freq and step >= next_ckpt:
+                    save(algo, cfg)
+                    next_ckpt = _next_multiple(step, cfg.checkpoint_freq, include=False)
+        path = save(algo, cfg)
+        if stop.requested:
+            log.write(f"{stop.signal_name}: checkpoint {path} written; continue with resume=true")
+    finally:
+        log.close()
+    return {
+        **asdict(algo.counters),
+        "eval": last_eval,
+        "interrupted": stop.requested,
+        "checkpoint": str(path) if path else None,
+    }
+
+
+def _next_multiple(step: int, every: int, include: bool) -> int:
+    """The next step that is a multiple of `every` (this one too when `include`)."""
+    if every <= 0:
+        return 1 << 62
+    return step if include and step % every == 0 else (step // every + 1) * every
+
+
+class Rate:
+    """Env steps/s and updates/s since this process started (resume-aware)."""
+
+    def __init__(self, steps: int, updates: int) -> None:
+        self.t0, self.steps0, self.updates0 = time.perf_counter(), steps, updates
+
+    def steps_per_s(self, steps: int) -> float:
+        return (steps - self.steps0) / max(time.perf_counter() - self.t0, 1e-9)
+
+    def updates_per_s(self, updates: int) -> float:
+        return (updates - self.updates0) / max(time.perf_counter() - self.t0, 1e-9)
+
+
+def _log_episodes(algo: LdmpcAlgorithm, log: Any, rate: Rate) -> None:
+    """One train.csv row per finished episode, as TD-MPC2 logs."""
+    c = algo.counters
+    for ep in algo.pop_finished():
+        log.log_train(
+            c.env_steps,
+            {
+                "episode": c.episodes,
+                "episode_reward": ep.ret,
+                "episode_success": ep.success,
+                "steps_per_s": rate.steps_per_s(c.env_steps),
+                "updates": c.updates,
+                "updates_per_s": rate.updates_per_s(c.updates),
+            },
+        )
+
+
+class Evaluator:
+    """A driver-side agent that gets the learner's weights before each evaluation.
+
+    Works the same whether the learner is in this process or a remote actor.
+    """
+
+    def __init__(self, cfg: DictConfig) -> None:
+        from ldmpc.agent import Agent
+        from ldmpc.runtime import resolve_device
+
+        self.cfg = cfg
+        self.agent = Agent(cfg, resolve_device(cfg.device))
+
+    def __call__(self, algo: LdmpcAlgorithm, step: int) -> dict[str, float]:
+        from ldmpc.evaluate import evaluate
+
+        self.agent.load_state_dict(algo.agent_weights())
+        video = os.path.join(self.cfg.run_dir, "videos", f"step_{step}")
+        return evaluate(
+            self.agent,
+            self.cfg,
+            self.cfg.eval_episodes,
+            seed=self.cfg.seed + 10_000,
+            video_dir=video if self.cfg.save_video else None,
+        )
+
+
+def replay_dir(cfg: DictConfig) -> str:
+    return os.path.join(cfg.run_dir, "replay")
+
+
+def save(algo: LdmpcAlgorithm, cfg: DictConfig) -> Any:
+    """Replay snapshot first, then the checkpoint: a kill in between loses no episode that the
+    checkpoint's counters claim. Returns the checkpoint path (None when save_agent=false)."""
+    from ldmpc.checkpoint import save_run_checkpoint
+    from ldmpc.config import fingerprint
+
+    if not cfg.save_agent:
+        return None
+    algo.replay.save(replay_dir(cfg))
+    state = algo.ldmpc_state()
+    counters = {"step": algo.counters.env_steps, **state.pop("counters")}
+    return save_run_checkpoint(
+        cfg.run_dir, algo.counters.env_steps, state, fingerprint=fingerprint(cfg), counters=counters
+    )
+
+
+def resume(algo: LdmpcAlgorithm, cfg: DictConfig) -> int:
+    """Restore weights, optimizers, counters and replay from the run's newest checkpoint.
+
+    Returns the step to continue from (0 when the run has no checkpoint yet).
+    """
+    from ldmpc.checkpoint import latest_checkpoint, load_checkpoint
+    from ldmpc.config import fingerprint
+
+    path = latest_checkpoint(cfg.run_dir)
+    if path is None:
+        print(f"resume=true: no checkpoint in {cfg.run_dir} yet, starting from step 0")
+        return 0
+    ckpt = load_checkpoint(path, expected_fingerprint=fingerprint(cfg))
+    if os.path.isdir(replay_dir(cfg)):
+        algo.replay.load(replay_dir(cfg))
+    fields = Counters.__dataclass_fields__
+    counters = {k: v for k, v in ckpt["counters"].items() if k in fields}
+    algo.set_ldmpc_state({**ckpt["payload"], "counters": counters})
+    return algo.counters.env_steps

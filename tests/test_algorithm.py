@@ -1,0 +1,256 @@
+"""The RLlib skeleton of the local topology: planner module, episode stitching, training loop,
+weight sync, checkpoint + resume. Real DMC env (episodes cut to 50 steps), real local Ray."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
+
+import ldmpc.envs
+from actors.env_runner import EpisodeStitcher
+from actors.planner_module import FIRST, PlannerModule, module_config
+from ldmpc.config import load
+
+EPISODE = 50  # cartpole-swingup cut to 50 agent steps so a test sees several whole episodes
+TINY = [
+    "task=cartpole-swingup",
+    "model_size=1",
+    "num_samples=16",
+    "iterations=1",
+    "num_elites=4",
+    "num_pi_trajs=2",
+    "batch_size=16",
+    "torch_threads=1",
+    "num_envs=2",
+    "seed_steps=60",
+    "utd_ratio=0.5",
+    "eval_episodes=2",
+    "eval_freq=100000",
+    "checkpoint_freq=0",
+    "progress=false",
+]
+
+
+@pytest.fixture(autouse=True)
+def short_episodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = ldmpc.envs.make_env
+
+    def make_env(task: str, seed: int, obs: str = "state") -> gym.Env:
+        return gym.wrappers.TimeLimit(real(task, seed, obs), EPISODE)
+
+    monkeypatch.setattr(ldmpc.envs, "make_env", make_env)
+
+
+def tiny_cfg(tmp_path: Any, *extra: str) -> Any:
+    return load([*TINY, f"work_dir={tmp_path}", *extra])
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """A local Ray whose files stay in a temp dir (short: unix socket paths are limited)."""
+    import ray
+
+    from ldmpc.algorithm import init_ray
+
+    temp = tempfile.mkdtemp(prefix="ldr")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_TMPDIR", temp)
+        mp.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))  # no ~/.ray/auth_token is written
+        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        cfg = load([*TINY, f"work_dir={temp}"])
+        assert init_ray(cfg)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------- no Ray
+def test_module_resets_warm_start_at_episode_start(tmp_path: Any) -> None:
+    """RLlib's env-to-module connector feeds the initial state to fresh episodes and the last
+    STATE_OUT to running ones; the module plans all envs in one call with the right is_first."""
+    from ldmpc.algorithm import rllib_config
+
+    cfg = tiny_cfg(tmp_path)
+    envs = gym.vector.SyncVectorEnv([lambda: ldmpc.envs.make_env(cfg.task, 0)] * 2)
+    obs_space, act_space = envs.single_observation_space, envs.single_action_space
+    module = PlannerModule(
+        observation_space=obs_space,
+        action_space=act_space,
+        inference_only=True,
+        model_config=module_config(cfg),
+    )
+    H, A = cfg.horizon, cfg.action_dim
+    prev_mean = torch.arange(H * A, dtype=torch.float32).reshape(H, A) / 10
+    fresh, running = (SingleAgentEpisode(observation_space=obs_space, action_space=act_space)
+                      for _ in range(2))  # fmt: skip
+    obs = obs_space.sample()
+    fresh.add_env_reset(observation=obs)
+    running.add_env_reset(observation=obs)
+    running.add_env_step(
+        observation=obs,
+        action=act_space.sample(),
+        reward=0.0,
+        extra_model_outputs={Columns.STATE_OUT: {"mean": prev_mean.numpy(), FIRST: np.float32(0)}},
+    )
+    connector = rllib_config(cfg).build_env_to_module_connector(env=envs)
+    batch = connector(rl_module=module, batch={}, episodes=[fresh, running], explore=True)
+
+    seen: dict[str, Any] = {}
+    real_act = module.agent.act
+
+    def spy(obs: torch.Tensor, state: dict, is_first: torch.Tensor, eval_mode: bool) -> Any:
+        seen.update(obs=obs, mean=state["mean"].clone(), is_first=is_first.clone())
+        return real_act(obs, state, is_first, eval_mode=eval_mode)
+
+    module.agent.act = spy
+    out = module.forward_exploration(batch)
+    assert seen["obs"].shape == (2, *cfg.obs_shape)  # both envs in ONE planning call
+    assert seen["is_first"].tolist() == [True, False]
+    assert torch.equal(seen["mean"][0], torch.zeros(H, A))
+    assert torch.allclose(seen["mean"][1], prev_mean)
+    assert out[Columns.ACTIONS].shape == (2, 1, A)  # RLlib's time axis for stateful modules
+    assert out[Columns.ACTIONS].abs().max() <= 1
+    assert out[Columns.STATE_OUT]["mean"].shape == (2, H, A)
+    assert out[Columns.STATE_OUT][FIRST].tolist() == [0.0, 0.0]
+    envs.close()
+
+
+def _episode(obs_dim: int, steps: int, start: int = 0) -> SingleAgentEpisode:
+    ep = SingleAgentEpisode()
+    ep.add_env_reset(observation=np.full(obs_dim, start, np.float32))
+    for t in range(start + 1, start + steps + 1):
+        ep.add_env_step(
+            observation=np.full(obs_dim, t, np.float32),
+            action=np.array([t / 100], np.float32),
+            reward=float(t),
+            extra_model_outputs={WEIGHTS_SEQ_NO: t // 3},
+        )
+    return ep
+
+
+def test_stitcher_joins_chunks_across_sample_calls() -> None:
+    ep = _episode(3, 4)
+    tail = ep.cut(len_lookback_buffer=1)  # what the runner does at the end of sample()
+    for t in (5, 6):
+        tail.add_env_step(
+            observation=np.full(3, t, np.float32),
+            action=np.array([t / 100], np.float32),
+            reward=float(t),
+            extra_model_outputs={WEIGHTS_SEQ_NO: 7},
+            truncated=t == 6,
+        )
+    stitcher = EpisodeStitcher()
+    assert stitcher.add([ep.to_numpy()]) == []  # not finished yet: nothing to store
+    assert stitcher.num_open == 1
+    (done,) = stitcher.add([tail.to_numpy(), _episode(3, 2, start=40).to_numpy()])
+    assert stitcher.num_open == 1  # the other episode is still running
+    np.testing.assert_array_equal(done.data["obs"][:, 0], np.arange(7))
+    np.testing.assert_allclose(done.data["action"][:, 0], np.arange(1, 7) / 100)
+    np.testing.assert_array_equal(done.data["reward"], np.arange(1, 7))
+    assert not done.data["terminated"].any()  # truncated, not terminated: bootstrap later
+    assert done.ret == 21.0 and done.weights_seq_no == 7
+
+
+# ---------------------------------------------------------------------------------- real Ray
+def test_training_loop_replay_utd_and_weight_sync(
+    local_ray: None, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ldmpc.algorithm import build_algorithm
+
+    cfg = tiny_cfg(tmp_path)
+    algo = build_algorithm(cfg)
+    try:
+        c = algo.counters
+        while c.env_steps < cfg.seed_steps:
+            algo.train()
+        assert c.updates == 0 and algo.env_runner.get_state()[WEIGHTS_SEQ_NO] == 0
+        while c.env_steps < 3 * EPISODE * cfg.num_envs or c.owed_updates >= 1:
+            result = algo.train()
+        # TD-MPC2's schedule: seed_steps pretraining updates, then utd_ratio per env step.
+        due = cfg.seed_steps + cfg.utd_ratio * (c.env_steps - cfg.seed_steps)
+        assert c.updates + c.owed_updates == pytest.approx(due)
+        assert c.owed_updates < 1
+        # Whole episodes only, all of them in replay.
+        assert c.episodes >= 4 and algo.replay.num_episodes == c.episodes
+        assert algo.replay.num_transitions == EPISODE * c.episodes
+        assert result["ldmpc"]["replay_episodes"] == c.episodes
+        # Every update bumps the learner's weights version; the runner planned with the newest.
+        version = algo.env_runner.get_state()[WEIGHTS_SEQ_NO]
+        assert version == c.updates
+        before = c.updates
+        while c.updates == before:
+            algo.train()
+        assert algo.env_runner.get_state()[WEIGHTS_SEQ_NO] == c.updates > version
+        learner_out = result["learners"]["default_policy"]
+        assert np.isfinite(learner_out["total_loss"]) and learner_out["pi_scale"] >= 1
+        assert result["learners"]["nonfinite_updates"] == 0
+        _check_nonfinite_loss_is_skipped(algo, monkeypatch)
+        assert algo.metrics.peek(("learners", "nonfinite_updates")) == 1
+    finally:
+        algo.stop()
+    assert os.path.isdir(os.path.join(cfg.run_dir, "rllib"))  # not ~/ray_results
+
+
+def _check_nonfinite_loss_is_skipped(algo: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NaN loss skips the step: weights, target Q, Q scale and optimizer state stay put."""
+    import ldmpc.losses
+
+    real = ldmpc.losses.total_loss
+
+    def nan_loss(*args: Any) -> Any:
+        loss, metrics, new_scale = real(*args)
+        return loss * float("nan"), metrics, new_scale
+
+    before = algo.agent_weights()
+    monkeypatch.setattr(ldmpc.losses, "total_loss", nan_loss)
+    algo._learn(1)  # the learner is in this process (local mode), so the patch reaches it
+    monkeypatch.setattr(ldmpc.losses, "total_loss", real)
+    after = algo.agent_weights()
+    assert after["counters"]["skipped_updates"] == before["counters"]["skipped_updates"] + 1
+    for key in ("model", "scale"):
+        for name, tensor in before[key].items():
+            assert torch.equal(tensor, after[key][name]), name
+    assert after["optim"]["state"].keys() == before["optim"]["state"].keys()
+    for i, st in before["optim"]["state"].items():
+        assert torch.equal(st["exp_avg"], after["optim"]["state"][i]["exp_avg"])
+
+
+def test_checkpoint_and_resume_continue_the_run(local_ray: None, tmp_path: Any) -> None:
+    from ldmpc.algorithm import replay_dir, run_training
+    from ldmpc.replay import EpisodeReplay
+
+    first = run_training(tiny_cfg(tmp_path, "steps=120"))
+    assert not first["interrupted"] and first["eval"] is not None
+    assert first["env_steps"] >= 120 and first["updates"] > 0
+    assert os.path.isfile(first["checkpoint"])
+
+    cfg = tiny_cfg(tmp_path, "steps=220", "resume=true")
+    second = run_training(cfg)
+    assert second["env_steps"] >= 220 and second["episodes"] > first["episodes"]
+    # The seed phase and its pretraining burst are not repeated after the resume.
+    due = cfg.seed_steps + cfg.utd_ratio * (second["env_steps"] - cfg.seed_steps)
+    assert second["updates"] + second["owed_updates"] == pytest.approx(due)
+    replay = EpisodeReplay(cfg.buffer_size, cfg.horizon, cfg.obs_shape, cfg.action_dim)
+    replay.load(replay_dir(cfg))
+    assert replay.num_episodes == second["episodes"]  # restored replay kept growing
+    steps = [int(float(line.split(",")[0])) for line in _csv_rows(cfg.run_dir, "train.csv")]
+    assert steps == sorted(steps) and steps[-1] == second["env_steps"]
+
+
+def _csv_rows(run_dir: str, name: str) -> list[str]:
+    with open(os.path.join(run_dir, name)) as fh:
+        return fh.read().splitlines()[1:]
