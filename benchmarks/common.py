@@ -85,3 +85,22 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def _fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def make_agent(overrides: list[str], device: str = "auto") -> tuple[Any, Any]:
+    """A fresh (untrained) agent for a task, with the real env's shapes."""
+    from ldmpc.agent import Agent
+    from ldmpc.config import load
+    from ldmpc.runtime import resolve_device
+
+    cfg = load([*overrides, f"device={device}", "progress=false"])
+    return cfg, Agent(cfg, resolve_device(cfg.device))
+
+
+def random_obs(cfg: Any, num_envs: int, device: Any) -> Any:
+    return torch.randn(num_envs, *cfg.obs_shape, device=device)
+
+
+def sync(device: Any) -> None:
+    if getattr(device, "type", "cpu") == "cuda":
+        torch.cuda.synchronize(device)
