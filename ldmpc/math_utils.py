@@ -38,7 +38,9 @@ def two_hot(x: torch.Tensor, num_bins: int, vmin: float, vmax: float) -> torch.T
     """
     bin_size = (vmax - vmin) / (num_bins - 1)
     pos = (symlog(x).clamp(vmin, vmax) - vmin) / bin_size  # in [0, num_bins - 1]
-    lo = pos.floor().clamp(max=num_bins - 2)  # x == vmax puts all mass on the last bin
+    # x == vmax puts all mass on the last bin; a NaN x gets a valid index and a NaN weight, so
+    # a bad batch yields a NaN loss (skipped by the agent) instead of an indexing crash.
+    lo = torch.nan_to_num(pos, nan=0.0).floor().clamp(0, num_bins - 2)
     frac = pos - lo
     lo = lo.long()
     out = torch.zeros(*x.shape[:-1], num_bins, device=x.device, dtype=x.dtype)

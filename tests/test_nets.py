@@ -109,3 +109,8 @@ def test_q_ensemble_dropout_only_in_training() -> None:
     torch.testing.assert_close(ens(x, training=False), ens.eval()(x))
     ens.train()
     assert not torch.equal(ens(x), ens(x, training=False))
+
+
+def test_two_hot_of_nan_is_nan_not_a_crash() -> None:
+    target = two_hot(torch.tensor([[float("nan")], [1.0]]), 101, -10.0, 10.0)
+    assert target[0].isnan().any() and torch.isfinite(target[1]).all()

@@ -1,0 +1,67 @@
+"""torch.compile with a clean fallback to eager.
+
+torch.compile fails on some machines (on the 2-core CPU box inductor raised BackendCompilerFailed
+inside TD-MPC2's compiled update; old GPUs lack Triton support). A run must not die for a speed
+feature: the first failure prints one warning and the function runs eagerly from then on.
+The wrapped functions must be safe to re-run after a partial run (ours zero grads first and
+mutate no state before the caller checks the result).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+try:  # narrow the fallback to compiler failures once a compiled call has worked
+    from torch._dynamo.exc import TorchDynamoException as _CompilerError
+except ImportError:  # pragma: no cover - torch without dynamo
+    _CompilerError = RuntimeError  # type: ignore[misc,assignment]
+
+
+class CompiledFn:
+    """Callable that runs `torch.compile(fn)` and falls back to `fn` on a compiler failure.
+
+    Until the first successful call any exception counts as a compile failure (the eager call
+    that follows re-raises genuine errors of `fn` itself); afterwards only dynamo/inductor
+    exceptions do (e.g. a failing recompilation for a new input shape).
+    """
+
+    def __init__(self, fn: Callable[..., Any], name: str, **compile_kwargs: Any) -> None:
+        self.fn, self.name = fn, name
+        self.compiled: Callable[..., Any] | None = torch.compile(fn, **compile_kwargs)
+        self.ok_once = False
+
+    @property
+    def active(self) -> bool:
+        """True while the compiled version is in use (False after falling back)."""
+        return self.compiled is not None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is None:
+            return self.fn(*args, **kwargs)
+        try:
+            out = self.compiled(*args, **kwargs)
+        except Exception as err:
+            if self.ok_once and not isinstance(err, _CompilerError):
+                raise
+            self.compiled = None
+            first_line = (str(err).strip().splitlines() or [""])[0][:200]
+            warnings.warn(
+                f"torch.compile of '{self.name}' failed ({type(err).__name__}: {first_line}); "
+                "running it eagerly from now on",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return self.fn(*args, **kwargs)
+        self.ok_once = True
+        return out
+
+
+def maybe_compile(
+    fn: Callable[..., Any], enabled: bool, name: str, **compile_kwargs: Any
+) -> Callable[..., Any]:
+    """`fn` itself when disabled, else a `CompiledFn` that falls back to eager on failure."""
+    return CompiledFn(fn, name, **compile_kwargs) if enabled else fn
