@@ -46,6 +46,9 @@ from ldmpc.errors import UserError
 from learner.tdmpc_learner import NONFINITE_STREAK, TdmpcLearner
 
 MAX_UPDATES_PER_ITERATION = 32  # bounds one training_step (SIGTERM / progress latency)
+# `Algorithm.train()` repeats `training_step()` for at least this long: RLlib's per-iteration
+# work (metrics reduce, result dict, runner state sync) costs a few ms, as much as a GPU update.
+MIN_SECONDS_PER_ITERATION = 0.5
 MAX_NONFINITE_STREAK = 100  # abort after this many non-finite losses in a row (DESIGN.md §4)
 
 
@@ -114,6 +117,7 @@ def rllib_config(cfg: DictConfig) -> LdmpcConfig:
             grad_clip_by="global_norm",
         )
         .framework("torch", torch_skip_nan_gradients=True)  # we skip non-finite steps ourselves
+        .reporting(min_time_s_per_iteration=MIN_SECONDS_PER_ITERATION)
         .fault_tolerance(restart_failed_env_runners=True)
         .debugging(seed=cfg.seed, log_level="WARN")
     )

@@ -176,7 +176,7 @@ def test_training_loop_replay_utd_and_weight_sync(
     try:
         c = algo.counters
         while c.env_steps < cfg.seed_steps:
-            algo.train()
+            algo.training_step()  # one vector step (train() repeats it for 0.5 s)
         assert c.updates == 0 and algo.env_runner.get_state()[WEIGHTS_SEQ_NO] == 0
         while c.env_steps < 3 * EPISODE * cfg.num_envs or c.owed_updates >= 1:
             result = algo.train()
