@@ -20,6 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 
+from ldmpc.agent import Agent
+from ldmpc.compile import maybe_compile
+from ldmpc.losses import total_loss
+
 # Replay windows are time-major ([H+1, B, ...]); RLlib splits batches along dim 0, so they
 # travel batch-major and are flipped back here. Other columns (task [B]) are batch-major.
 TIME_MAJOR_KEYS = ("obs", "action", "reward", "terminated")
@@ -49,8 +53,6 @@ class PlannerModule(TorchRLModule):
     """Holds an `ldmpc.agent.Agent`; acting plans with it, training returns the TD-MPC2 loss."""
 
     def setup(self) -> None:
-        from ldmpc.agent import Agent
-
         cfg = OmegaConf.create(self.model_config["ldmpc"])
         OmegaConf.set_readonly(cfg, True)
         self.cfg: DictConfig = cfg
@@ -62,6 +64,9 @@ class PlannerModule(TorchRLModule):
         self.scale = self.agent.scale
         self._obs_ndim = len(cfg.obs_shape)
         self._pending_scale: torch.Tensor | None = None
+        # Planning is compiled inside the agent; the learner compiles the loss (eager fallback).
+        compile_loss = bool(cfg.compile) and not self.inference_only
+        self._loss = maybe_compile(total_loss, compile_loss, "loss")
 
     # ------------------------------------------------------------------ state
     def get_initial_state(self) -> dict[str, torch.Tensor]:
@@ -115,9 +120,7 @@ class PlannerModule(TorchRLModule):
 
         The candidate Q-scale is kept until `commit_update()`, so a skipped step leaves it as is.
         """
-        from ldmpc.losses import total_loss
-
-        loss, metrics, new_scale = total_loss(
+        loss, metrics, new_scale = self._loss(
             self.model, to_time_major(dict(batch)), self.agent.cfg, self.scale
         )
         self._pending_scale = new_scale
