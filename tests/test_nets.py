@@ -114,3 +114,14 @@ def test_q_ensemble_dropout_only_in_training() -> None:
 def test_two_hot_of_nan_is_nan_not_a_crash() -> None:
     target = two_hot(torch.tensor([[float("nan")], [1.0]]), 101, -10.0, 10.0)
     assert target[0].isnan().any() and torch.isfinite(target[1]).all()
+
+
+def test_cpu_dropout_rate_and_scale() -> None:
+    from ldmpc.nets import dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(400, 500)
+    y = dropout(x, 0.1)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.005
+    torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 1 / 0.9))

@@ -57,8 +57,8 @@ def test_batched_plan_equals_per_env_plans() -> None:
                 model, z[e : e + 1], prev[e : e + 1], is_first[e : e + 1], cfg, eval_mode,
                 noise.select(e),
             )  # fmt: skip
-            torch.testing.assert_close(a_e, action[e : e + 1], atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(m_e, mean[e : e + 1], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(a_e, action[e : e + 1], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(m_e, mean[e : e + 1], atol=1e-4, rtol=1e-4)
 
 
 def test_noise_select_and_cat_round_trip() -> None:

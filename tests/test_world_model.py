@@ -117,3 +117,15 @@ def test_multitask_embedding_and_action_mask() -> None:
     assert model.next(zs, torch.zeros(3, 4, 2), task).shape == (3, 4, cfg.latent_dim)
     with pytest.raises(ValueError, match="task"):
         model.encode(torch.randn(4, 5))
+
+
+def test_next_and_reward_matches_next_and_reward_with_shared_latent() -> None:
+    model = WorldModel(make_cfg(action_dim=2))
+    with torch.no_grad():
+        model._reward[-1].weight.normal_()
+    z = model.encode(torch.randn(3, 1, 5))  # one latent per env, shared by its samples
+    a = torch.rand(3, 6, 2) * 2 - 1
+    nz, logits = model.next_and_reward(z, a)
+    zx = z.expand(3, 6, -1)
+    torch.testing.assert_close(nz, model.next(zx, a), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(logits, model.reward(zx, a), atol=1e-4, rtol=1e-4)
