@@ -116,7 +116,7 @@ class Agent:
         A non-finite loss or gradient norm skips the step (weights, optimizer state, target Q
         and scale stay untouched) and is counted in `skipped_updates` / `consecutive_skips`.
         """
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        batch = {k: _to(v, self.device) for k, v in batch.items()}
         self.model.train()
         try:
             metrics, new_scale = self._grads(batch)
@@ -162,3 +162,9 @@ class Agent:
         self.scale.load_state_dict(state["scale"])
         self.counters.update({k: int(v) for k, v in state["counters"].items()})
         self.generator.set_state(state["generator"].cpu())
+
+
+def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move to the device; floating data as float32 (some suites emit float64 observations)."""
+    dtype = torch.float32 if x.is_floating_point() else None
+    return x.to(device, dtype, non_blocking=True)

@@ -192,7 +192,7 @@ class QEnsemble(nn.Module):
         p = params if params is not None else dict(self.named_parameters())
         if heads is None:
             idx: list[int] | None = list(range(self.num_q))
-        elif heads.device.type == "cpu":
+        elif heads.device.type == "cpu" and not torch.compiler.is_compiling():
             idx = heads.tolist()  # host ints: weight views, no copies (and no device sync)
         else:
             p, idx = {k: v.index_select(0, heads) for k, v in p.items()}, None
