@@ -85,6 +85,8 @@ class FinishedEpisode:
     ret: float
     success: float
     weights_seq_no: int  # newest weights version that planned any step of it
+    step: int = 0  # env steps of the run when it was stored (set by the algorithm)
+    episode: int = 0  # its number in the run (set by the algorithm)
 
 
 @dataclass

@@ -5,10 +5,12 @@ RLlib is the skeleton, not the algorithm (DESIGN.md §3.3). `LdmpcAlgorithm.trai
    random actions during the seed phase, the planner module afterwards;
 2. stitches the returned episode chunks into whole episodes and adds them to `EpisodeReplay`;
 3. owes `utd_ratio` updates per new env step (and `seed_steps` pretraining updates when the seed
-   phase ends, as TD-MPC2 does) and pays at most `max_updates_per_iteration` of them per call
+   phase ends, as TD-MPC2 does) and pays at most `max_updates_per_round` of them per round
    through `LearnerGroup.update(batch=...)` — no env steps are taken while a backlog remains,
    so the pretraining burst keeps TD-MPC2's order but the loop stays responsive;
 4. syncs the new weights (with their version) to the env runners.
+One `training_step()` repeats such rounds for `seconds_per_training_step` to amortize RLlib's
+per-iteration cost.
 
 `run_training(cfg)` (the `ldmpc train` entry) owns Ray, evaluation, logging and checkpoints.
 """
@@ -45,10 +47,10 @@ from actors.planner_module import PlannerModule, module_config, to_batch_major
 from ldmpc.errors import UserError
 from learner.tdmpc_learner import NONFINITE_STREAK, TdmpcLearner
 
-MAX_UPDATES_PER_ITERATION = 32  # bounds one training_step (SIGTERM / progress latency)
-# `Algorithm.train()` repeats `training_step()` for at least this long: RLlib's per-iteration
+MAX_UPDATES_PER_ROUND = 32  # bounds one round of updates (SIGTERM / progress latency)
+# One `training_step()` repeats rounds (sample, learn, sync) for this long: RLlib's per-train()
 # work (metrics reduce, result dict, runner state sync) costs a few ms, as much as a GPU update.
-MIN_SECONDS_PER_ITERATION = 0.5
+SECONDS_PER_TRAINING_STEP = 0.5
 MAX_NONFINITE_STREAK = 100  # abort after this many non-finite losses in a row (DESIGN.md §4)
 
 
@@ -68,7 +70,8 @@ class LdmpcConfig(AlgorithmConfig):
     def __init__(self, algo_class: type | None = None) -> None:
         super().__init__(algo_class=algo_class or LdmpcAlgorithm)
         self.ldmpc: dict[str, Any] = {}
-        self.max_updates_per_iteration = MAX_UPDATES_PER_ITERATION
+        self.max_updates_per_round = MAX_UPDATES_PER_ROUND
+        self.seconds_per_training_step = SECONDS_PER_TRAINING_STEP
 
     def get_default_rl_module_spec(self) -> RLModuleSpec:
         return RLModuleSpec(module_class=PlannerModule)
@@ -117,7 +120,6 @@ def rllib_config(cfg: DictConfig) -> LdmpcConfig:
             grad_clip_by="global_norm",
         )
         .framework("torch", torch_skip_nan_gradients=True)  # we skip non-finite steps ourselves
-        .reporting(min_time_s_per_iteration=MIN_SECONDS_PER_ITERATION)
         .fault_tolerance(restart_failed_env_runners=True)
         .debugging(seed=cfg.seed, log_level="WARN")
     )
@@ -157,16 +159,31 @@ class LdmpcAlgorithm(Algorithm):
         self._recent = deque(maxlen=20)
         self._weights_version = 0  # learner updates since this process started
         self._acted_version = 0
+        # No sampling at or beyond this env step (run_training sets the next eval/checkpoint/end
+        # step, so those happen at exact multiples as in TD-MPC2); owed updates are still paid.
+        self.sample_until = int(cfg.steps)
 
     # ------------------------------------------------------------------ the loop
     def training_step(self) -> None:
-        if self.counters.owed_updates < 1 or self.replay.num_episodes == 0:
+        """Rounds of (sample one vector step, pay owed updates, sync) for a fixed wall time,
+        or until `sample_until` is reached and no update is owed."""
+        deadline = time.perf_counter() + self.config.seconds_per_training_step
+        while True:
+            can_sample = self.counters.env_steps < self.sample_until
+            self._round(can_sample)
+            stuck = self.counters.owed_updates < 1 or self.replay.num_episodes == 0
+            finished = not can_sample and stuck
+            if finished or time.perf_counter() >= deadline:
+                break
+        self._log_counters()
+
+    def _round(self, can_sample: bool) -> None:
+        if can_sample and (self.counters.owed_updates < 1 or self.replay.num_episodes == 0):
             self._owe(self._collect())
-        n = min(int(self.counters.owed_updates), self.config.max_updates_per_iteration)
+        n = min(int(self.counters.owed_updates), self.config.max_updates_per_round)
         if n and self.replay.num_episodes > 0:
             self._learn(n)
             self._sync_weights()
-        self._log_counters()
 
     @property
     def seeding(self) -> bool:
@@ -188,13 +205,15 @@ class LdmpcAlgorithm(Algorithm):
             )
         self.metrics.aggregate(runner_metrics, key=ENV_RUNNER_RESULTS)
         new_steps = sum(len(c) for c in chunks)
+        self.counters.env_steps += new_steps
         for ep in self.stitcher.add(chunks):
+            ep.step = self.counters.env_steps
             self.replay.add_episode(ep.data)
             self.finished.append(ep)
             self._recent.append(ep.ret)
             self._acted_version = max(self._acted_version, ep.weights_seq_no)
             self.counters.episodes += 1
-        self.counters.env_steps += new_steps
+            ep.episode = self.counters.episodes
         return new_steps
 
     def _owe(self, new_steps: int) -> None:
@@ -338,23 +357,25 @@ def _train(algo: LdmpcAlgorithm, cfg: DictConfig) -> dict[str, Any]:
     log = RunLogger(cfg, start_step=start, resumed=start > 0)
     evaluator = Evaluator(cfg)
     rate = Rate(start, algo.counters.updates)
+    evals = Every(cfg.eval_freq, start, fire_at_start=start == 0)  # TD-MPC2 evaluates step 0
+    checkpoints = Every(cfg.checkpoint_freq, start, fire_at_start=False)
     last_eval: dict[str, float] | None = None
-    next_eval = _next_multiple(start, cfg.eval_freq, include=start == 0)
-    next_ckpt = _next_multiple(start, cfg.checkpoint_freq, include=False)
     try:
         with GracefulExit() as stop:
-            while algo.counters.env_steps < cfg.steps and not stop.requested:
+            while True:
+                step = algo.counters.env_steps
+                if evals.due(step):
+                    last_eval = evaluator(algo, step)
+                    log.log_eval(step, last_eval)
+                if step >= cfg.steps or stop.requested:
+                    break
+                algo.sample_until = min(cfg.steps, evals.next_at, checkpoints.next_at)
                 algo.train()
                 step = algo.counters.env_steps
                 _log_episodes(algo, log, rate)
                 log.progress(step, sps=rate.steps_per_s(step), upd=algo.counters.updates)
-                if step >= next_eval:
-                    last_eval = evaluator(algo, step)
-                    log.log_eval(step, last_eval)
-                    next_eval = _next_multiple(step, cfg.eval_freq, include=False)
-                if cfg.checkpoint_freq and step >= next_ckpt:
+                if checkpoints.due(step) and step < cfg.steps:  # the last one is written below
                     save(algo, cfg)
-                    next_ckpt = _next_multiple(step, cfg.checkpoint_freq, include=False)
         path = save(algo, cfg)
         if stop.requested:
             log.write(f"{stop.signal_name}: checkpoint {path} written; continue with resume=true")
@@ -368,11 +389,23 @@ def _train(algo: LdmpcAlgorithm, cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def _next_multiple(step: int, every: int, include: bool) -> int:
-    """The next step that is a multiple of `every` (this one too when `include`)."""
-    if every <= 0:
-        return 1 << 62
-    return step if include and step % every == 0 else (step // every + 1) * every
+class Every:
+    """Fires once each time the step reaches the next multiple of `every` (never if 0)."""
+
+    NEVER = 1 << 62
+
+    def __init__(self, every: int, start: int, fire_at_start: bool) -> None:
+        self.every = every
+        if every <= 0:
+            self.next_at = self.NEVER
+        else:
+            self.next_at = start if fire_at_start else (start // every + 1) * every
+
+    def due(self, step: int) -> bool:
+        if step < self.next_at:
+            return False
+        self.next_at = (step // self.every + 1) * self.every
+        return True
 
 
 class Rate:
@@ -389,13 +422,13 @@ class Rate:
 
 
 def _log_episodes(algo: LdmpcAlgorithm, log: Any, rate: Rate) -> None:
-    """One train.csv row per finished episode, as TD-MPC2 logs."""
+    """One train.csv row per finished episode (at the step it ended), as TD-MPC2 logs."""
     c = algo.counters
     for ep in algo.pop_finished():
         log.log_train(
-            c.env_steps,
+            ep.step,
             {
-                "episode": c.episodes,
+                "episode": ep.episode,
                 "episode_reward": ep.ret,
                 "episode_success": ep.success,
                 "steps_per_s": rate.steps_per_s(c.env_steps),

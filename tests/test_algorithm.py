@@ -65,6 +65,8 @@ def local_ray() -> Iterator[None]:
     from ldmpc.algorithm import init_ray
 
     temp = tempfile.mkdtemp(prefix="ldr")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as run_training does (torch_threads=1): 2 cores stall otherwise
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_TMPDIR", temp)
         mp.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))  # no ~/.ray/auth_token is written
@@ -76,6 +78,7 @@ def local_ray() -> Iterator[None]:
         finally:
             ray.shutdown()
             shutil.rmtree(temp, ignore_errors=True)
+            torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------- no Ray
@@ -175,11 +178,15 @@ def test_training_loop_replay_utd_and_weight_sync(
     algo = build_algorithm(cfg)
     try:
         c = algo.counters
+        algo.sample_until = cfg.seed_steps  # train() stops sampling exactly there
         while c.env_steps < cfg.seed_steps:
-            algo.training_step()  # one vector step (train() repeats it for 0.5 s)
+            algo.train()
+        assert c.env_steps == cfg.seed_steps and c.episodes == 0  # 30 of 50 steps per env
         assert c.updates == 0 and algo.env_runner.get_state()[WEIGHTS_SEQ_NO] == 0
-        while c.env_steps < 3 * EPISODE * cfg.num_envs or c.owed_updates >= 1:
+        algo.sample_until = 3 * EPISODE * cfg.num_envs
+        while c.env_steps < algo.sample_until or c.owed_updates >= 1:
             result = algo.train()
+        assert c.env_steps == algo.sample_until
         # TD-MPC2's schedule: seed_steps pretraining updates, then utd_ratio per env step.
         due = cfg.seed_steps + cfg.utd_ratio * (c.env_steps - cfg.seed_steps)
         assert c.updates + c.owed_updates == pytest.approx(due)
@@ -192,6 +199,7 @@ def test_training_loop_replay_utd_and_weight_sync(
         version = algo.env_runner.get_state()[WEIGHTS_SEQ_NO]
         assert version == c.updates
         before = c.updates
+        algo.sample_until += 2 * cfg.num_envs
         while c.updates == before:
             algo.train()
         assert algo.env_runner.get_state()[WEIGHTS_SEQ_NO] == c.updates > version
@@ -247,7 +255,8 @@ def test_checkpoint_and_resume_continue_the_run(local_ray: None, tmp_path: Any) 
     replay.load(replay_dir(cfg))
     assert replay.num_episodes == second["episodes"]  # restored replay kept growing
     steps = [int(float(line.split(",")[0])) for line in _csv_rows(cfg.run_dir, "train.csv")]
-    assert steps == sorted(steps) and steps[-1] == second["env_steps"]
+    assert steps == sorted(steps) and len(steps) == second["episodes"]
+    assert [line.split(",")[0] for line in _csv_rows(cfg.run_dir, "eval.csv")] == ["0"]
 
 
 def _csv_rows(run_dir: str, name: str) -> list[str]:
