@@ -123,7 +123,7 @@ class WorldModel(nn.Module):
         for net in (self._dynamics, self._reward):
             first = net[0]
             w_s, w_a = first.weight[:, : s.shape[-1]], first.weight[:, s.shape[-1] :]
-            h = F.linear(s, w_s, first.bias) + F.linear(a, w_a)
+            h = F.linear(a, w_a).add_(F.linear(s, w_s, first.bias))  # broadcasts s over N
             outs.append(net[1:](first.act(first.ln(h))))
         return outs[0], outs[1]
 

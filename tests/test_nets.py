@@ -125,3 +125,9 @@ def test_cpu_dropout_rate_and_scale() -> None:
     dropped = (y == 0).float().mean().item()
     assert abs(dropped - 0.1) < 0.005
     torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 1 / 0.9))
+
+
+def test_mish_without_grad_matches_aten() -> None:
+    x = torch.randn(64, 32) * 8
+    with torch.no_grad():
+        torch.testing.assert_close(mish(x), F.mish(x), atol=1e-6, rtol=1e-5)
