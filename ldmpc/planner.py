@@ -1,7 +1,8 @@
 """Batched MPPI in latent space for E envs at once (TD-MPC2's planner, vectorised over envs).
 
 Every tensor is [E, N, H, A]-shaped: one pass of the world model scores all candidates of all
-envs, with no Python loop over envs or samples and no host/device sync inside the loop.
+envs, with no Python loop over samples and no host/device sync inside the loop. (On a CPU the
+envs are scored in cache-sized groups, see `CPU_ROWS_PER_CHUNK`; on a GPU in one pass.)
 
 Randomness design: all noise of one decision is drawn up front into a `PlanNoise` whose tensors
 have the env as their leading dim (the pair of Q heads per iteration is shared by all envs).
@@ -108,20 +109,12 @@ def warm_start(
 
 
 @torch.no_grad()
-def estimate_value(
-    model: Any,
-    z: torch.Tensor,
-    actions: torch.Tensor,
-    term_eps: torch.Tensor,
-    heads: torch.Tensor,
-    cfg: Any,
-    task: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Discounted model return of action sequences plus a bootstrapped Q: [E, N, 1].
+def rollout(
+    model: Any, z: torch.Tensor, actions: torch.Tensor, cfg: Any, task: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Discounted model return [E, N, 1] of action sequences and the final latents [E, N, L].
 
-    z [E, 1, L] (each env's latent, broadcast over its N candidates), actions [E, N, H, A]; the
-    terminal action comes from the policy prior and Q is the mean of the two heads in `heads`
-    (TD-MPC2's 'avg').
+    z [E, 1, L] (each env's latent, broadcast over its N candidates), actions [E, N, H, A].
     """
     fused = getattr(model, "next_and_reward", None)
     if fused is None:  # duck-typed models: plain next/reward on explicitly repeated latents
@@ -137,8 +130,38 @@ def estimate_value(
             z = model.next(z, a, task)
         G = G + discount * two_hot_inv(logits, cfg.num_bins, cfg.vmin, cfg.vmax)
         discount = discount * cfg.discount
+    return G, z.expand(*actions.shape[:2], z.shape[-1])
+
+
+@torch.no_grad()
+def bootstrap(
+    model: Any,
+    ret: torch.Tensor,
+    z: torch.Tensor,
+    term_eps: torch.Tensor,
+    heads: torch.Tensor,
+    cfg: Any,
+    task: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """G + discount^H * Q(z_H, pi(z_H)), Q = mean of the two heads in `heads` (TD-MPC2 'avg')."""
     a, _ = model.pi(z, task, eps=term_eps)
-    return G + discount * model.Q(z, a, task, return_type="avg", heads=heads)
+    q = model.Q(z, a, task, return_type="avg", heads=heads)
+    return ret + cfg.discount**cfg.horizon * q
+
+
+@torch.no_grad()
+def estimate_value(
+    model: Any,
+    z: torch.Tensor,
+    actions: torch.Tensor,
+    term_eps: torch.Tensor,
+    heads: torch.Tensor,
+    cfg: Any,
+    task: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Value [E, N, 1] of action sequences: model return plus a bootstrapped Q (TD-MPC2)."""
+    G, z_H = rollout(model, z, actions, cfg, task)
+    return bootstrap(model, G, z_H, term_eps, heads, cfg, task)
 
 
 # On a CPU, activations of more rows than this fall out of the L2/L3 caches and every
@@ -147,28 +170,37 @@ def estimate_value(
 CPU_ROWS_PER_CHUNK = 2048
 
 
-def _chunked_value(
+def _env_chunks(num_envs: int, rows_per_env: int, device: torch.device) -> list[slice]:
+    """Groups of envs evaluated together: cache-sized on a CPU, all envs at once elsewhere."""
+    step = CPU_ROWS_PER_CHUNK // max(rows_per_env, 1) if device.type == "cpu" else num_envs
+    step = max(1, min(num_envs, step))
+    return [slice(s, s + step) for s in range(0, num_envs, step)]
+
+
+def _candidate_values(
     model: Any,
     z: torch.Tensor,
-    actions: torch.Tensor,
+    pi_rollout: tuple[torch.Tensor, torch.Tensor],
+    sampled: torch.Tensor,
     term_eps: torch.Tensor,
     heads: torch.Tensor,
     cfg: Any,
     task: torch.Tensor | None,
 ) -> torch.Tensor:
-    """`estimate_value` over groups of envs on a CPU (cache-sized), all envs at once elsewhere.
+    """Values [E, N] of [policy trajectories, sampled] candidates.
 
-    Rows are independent, so the result is the same either way."""
-    E, N = actions.shape[:2]
-    step = E if z.device.type != "cpu" else max(1, min(E, CPU_ROWS_PER_CHUNK // N))
-    if step >= E:
-        return estimate_value(model, z, actions, term_eps, heads, cfg, task)
-    parts = []
-    for s in range(0, E, step):
-        sl = slice(s, s + step)
+    The policy trajectories' rollout is the same in every iteration (same actions, no model
+    noise), so it is computed once per decision; only their bootstrap is redrawn (TD-MPC2
+    recomputes it all, with identical results).
+    """
+    out = []
+    for sl in _env_chunks(z.shape[0], term_eps.shape[1], z.device):
         t = task[sl] if task is not None else None
-        parts.append(estimate_value(model, z[sl], actions[sl], term_eps[sl], heads, cfg, t))
-    return torch.cat(parts)
+        G, z_H = rollout(model, z[sl], sampled[sl], cfg, t)
+        G = torch.cat([pi_rollout[0][sl], G], dim=1)
+        z_H = torch.cat([pi_rollout[1][sl], z_H], dim=1)
+        out.append(bootstrap(model, G, z_H, term_eps[sl], heads, cfg, t))
+    return torch.cat(out).squeeze(-1).nan_to_num(0.0)
 
 
 @torch.no_grad()
@@ -213,16 +245,20 @@ def plan(
     mask = action_mask[:, None, None, :] if action_mask is not None else None  # [E, 1, 1, A]
 
     pi_actions = policy_trajectories(model, z, noise.pi_eps, cfg, task_n)  # [E, P, H, A]
+    if mask is not None:
+        pi_actions = pi_actions * mask
     zs = z.unsqueeze(1)  # [E, 1, L]: broadcast over samples inside the model
+    pi_rollout = rollout(model, zs, pi_actions, cfg, task_n)
     mean = warm_start(prev_mean, is_first, cfg, z)
     std = torch.full_like(mean, cfg.max_std)
     for i in range(cfg.iterations):
         sampled = (mean.unsqueeze(1) + std.unsqueeze(1) * noise.act[i]).clamp(-1, 1)
-        actions = torch.cat([pi_actions, sampled], dim=1)  # [E, N, H, A]
         if mask is not None:
-            actions = actions * mask
-        value = _chunked_value(model, zs, actions, noise.term_eps[i], noise.heads[i], cfg, task_n)
-        value = value.squeeze(-1).nan_to_num(0.0)  # [E, N]
+            sampled = sampled * mask
+        value = _candidate_values(
+            model, zs, pi_rollout, sampled, noise.term_eps[i], noise.heads[i], cfg, task_n
+        )  # [E, N]
+        actions = torch.cat([pi_actions, sampled], dim=1)  # [E, N, H, A]
         elite_value, elite_idx = torch.topk(value, cfg.num_elites, dim=1)
         elites = actions.gather(1, elite_idx[:, :, None, None].expand(-1, -1, *actions.shape[2:]))
         score = torch.softmax(cfg.temperature * elite_value, dim=1)  # [E, K]

@@ -176,3 +176,21 @@ def test_mppi_on_point_mass_seeks_the_goal() -> None:
     # Ends up near the goal (max speed 0.1 * sqrt(2) per step; distance ~1.12).
     assert ((z - goal).norm(dim=-1) < 0.2).all()
     assert math.isfinite(float(ret_plan.sum()))
+
+
+def test_cached_policy_rollout_equals_full_value_estimate() -> None:
+    from ldmpc.planner import _candidate_values, estimate_value, rollout
+
+    cfg = make_cfg()
+    model = random_model(cfg)
+    E, P, N = 3, cfg.num_pi_trajs, cfg.num_samples
+    z = model.encode(torch.randn(E, 5)).unsqueeze(1)
+    pi_actions = torch.rand(E, P, cfg.horizon, 2) * 2 - 1
+    sampled = torch.rand(E, N - P, cfg.horizon, 2) * 2 - 1
+    term_eps = torch.randn(E, N, 2)
+    heads = torch.tensor([1, 0])
+    cached = _candidate_values(
+        model, z, rollout(model, z, pi_actions, cfg), sampled, term_eps, heads, cfg, None
+    )
+    full = estimate_value(model, z, torch.cat([pi_actions, sampled], 1), term_eps, heads, cfg)
+    torch.testing.assert_close(cached, full.squeeze(-1), atol=1e-5, rtol=1e-5)
