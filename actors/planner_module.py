@@ -107,11 +107,10 @@ class PlannerModule(TorchRLModule):
         state_in = {k: v.to(self.device) for k, v in batch[Columns.STATE_IN].items()}
         is_first = state_in.pop(FIRST) > 0.5
         action, state_out = self.agent.act(obs, state_in, is_first, eval_mode=eval_mode)
-        state_out = {k: v for k, v in state_out.items() if k != FIRST}
-        state_out[FIRST] = torch.zeros_like(is_first, dtype=torch.float32)
+        not_first = torch.zeros_like(is_first, dtype=torch.float32)
         return {
             Columns.ACTIONS: action.unsqueeze(1) if timed else action,
-            Columns.STATE_OUT: state_out,
+            Columns.STATE_OUT: {**state_out, FIRST: not_first},
         }
 
     # ------------------------------------------------------------------ training

@@ -395,7 +395,7 @@ def _train(algo: LdmpcAlgorithm, cfg: DictConfig) -> dict[str, Any]:
         with GracefulExit() as stop:
             while True:
                 step = algo.counters.env_steps
-                if evals.due(step):
+                if not stop.requested and evals.due(step):
                     last_eval = evaluator(algo, step)
                     log.log_eval(step, last_eval)
                 if step >= cfg.steps or stop.requested:
