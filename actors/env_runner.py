@@ -102,8 +102,8 @@ class EpisodeStitcher:
     """Joins the chunks of each episode (by id) across `sample()` calls.
 
     Each chunk after the first starts with the observation the previous chunk ended with, so
-    that observation is dropped when joining. Episodes still running at a checkpoint are not
-    stored (their steps are counted); after a resume the runners start fresh episodes anyway.
+    that observation is dropped when joining. When a run stops, `flush()` hands out the
+    episodes still running as truncated ones, so their steps are not lost to replay.
     """
 
     def __init__(self) -> None:
@@ -129,6 +129,11 @@ class EpisodeStitcher:
                 if part.action:
                     finished.append(_finish(part, terminated=chunk.is_terminated))
         return finished
+
+    def flush(self) -> list[FinishedEpisode]:
+        """The open episodes, cut where they are (truncated); the stitcher is empty after."""
+        parts, self._open = list(self._open.values()), {}
+        return [_finish(part, terminated=False) for part in parts if part.action]
 
 
 def _finish(part: _Partial, terminated: bool) -> FinishedEpisode:

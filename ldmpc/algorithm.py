@@ -301,6 +301,14 @@ class LdmpcAlgorithm(Algorithm):
         for key, value in values.items():
             self.metrics.log_value(("ldmpc", key), value, window=1)
 
+    def store_open_episodes(self) -> int:
+        """At the end of a run: store the running episodes as truncated ones (nothing is lost;
+        a resumed run starts fresh episodes). Not counted as finished episodes."""
+        open_episodes = self.stitcher.flush()
+        for ep in open_episodes:
+            self.replay.add_episode(ep.data)
+        return len(open_episodes)
+
     def pop_finished(self) -> list[FinishedEpisode]:
         out, self.finished = self.finished, []
         return out
@@ -407,6 +415,7 @@ def _train(algo: LdmpcAlgorithm, cfg: DictConfig) -> dict[str, Any]:
                 log.progress(step, sps=rate.steps_per_s(step), upd=algo.counters.updates)
                 if checkpoints.due(step) and step < cfg.steps:  # the last one is written below
                     save(algo, cfg)
+        algo.store_open_episodes()
         path = save(algo, cfg)
         if stop.requested:
             log.write(f"{stop.signal_name}: checkpoint {path} written; continue with resume=true")

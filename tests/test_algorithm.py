@@ -161,6 +161,9 @@ def test_stitcher_joins_chunks_across_sample_calls() -> None:
     assert stitcher.num_open == 1
     (done,) = stitcher.add([tail.to_numpy(), _episode(3, 2, start=40).to_numpy()])
     assert stitcher.num_open == 1  # the other episode is still running
+    (cut,) = stitcher.flush()  # a run that stops keeps it as a truncated episode
+    assert stitcher.num_open == 0 and len(cut.data["action"]) == 2
+    assert not cut.data["terminated"].any()
     np.testing.assert_array_equal(done.data["obs"][:, 0], np.arange(7))
     np.testing.assert_allclose(done.data["action"][:, 0], np.arange(1, 7) / 100)
     np.testing.assert_array_equal(done.data["reward"], np.arange(1, 7))
@@ -253,7 +256,9 @@ def test_checkpoint_and_resume_continue_the_run(local_ray: None, tmp_path: Any) 
     assert second["updates"] + second["owed_updates"] == pytest.approx(due)
     replay = EpisodeReplay(cfg.buffer_size, cfg.horizon, cfg.obs_shape, cfg.action_dim)
     replay.load(replay_dir(cfg))
-    assert replay.num_episodes == second["episodes"]  # restored replay kept growing
+    # Every env step of both runs is in replay: whole episodes plus the ones cut by each stop.
+    assert replay.num_transitions == second["env_steps"]
+    assert replay.num_episodes > second["episodes"]  # the first run's 2 cut episodes
     steps = [int(float(line.split(",")[0])) for line in _csv_rows(cfg.run_dir, "train.csv")]
     assert steps == sorted(steps) and len(steps) == second["episodes"]
     assert [line.split(",")[0] for line in _csv_rows(cfg.run_dir, "eval.csv")] == ["0"]
