@@ -26,6 +26,11 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+
+# isort: split
+import actors  # noqa: F401  (first: picks MuJoCo's GL backend before ray.rllib imports dm_control)
+
+# isort: split
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.core import COMPONENT_RL_MODULE, DEFAULT_MODULE_ID

@@ -10,6 +10,9 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+import actors  # noqa: F401  (first: picks MuJoCo's GL backend before ray.rllib imports dm_control)
+
+# isort: split
 import gymnasium as gym
 import numpy as np
 import pytest
