@@ -351,12 +351,30 @@ def _first(results: Any) -> Any:
 # ====================================================================== run_training
 
 
+# Ray's unix sockets live at <temp>/ray/session_<date>_<time>_<us>_<pid>/sockets/plasma_store,
+# ~68 characters below its temp dir, and Linux caps a socket path at 107.
+_RAY_SOCKET_SUFFIX = len("/ray/session_2026-01-01_00-00-00_000000_9999999/sockets/plasma_store")
+_SOCKET_PATH_MAX = 107
+
+
+def check_ray_temp_dir() -> None:
+    """One clear line instead of Ray's OSError deep in startup when the temp dir is too long."""
+    temp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    if len(temp) + _RAY_SOCKET_SUFFIX > _SOCKET_PATH_MAX:
+        name = "RAY_TMPDIR" if os.environ.get("RAY_TMPDIR") else "TMPDIR"
+        raise UserError(
+            f"{name}={temp} is too long for Ray's unix sockets: use a directory of at most "
+            f"{_SOCKET_PATH_MAX - _RAY_SOCKET_SUFFIX} characters (e.g. a mkdtemp under /tmp)"
+        )
+
+
 def init_ray(cfg: DictConfig) -> bool:
     """Start a local Ray (no dashboard, temp files under RAY_TMPDIR); False if already up."""
     import ray
 
     if ray.is_initialized():
         return False
+    check_ray_temp_dir()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(
         num_cpus=len(os.sched_getaffinity(0)),

@@ -267,6 +267,17 @@ def test_checkpoint_and_resume_continue_the_run(local_ray: None, tmp_path: Any) 
     assert [line.split(",")[0] for line in _csv_rows(cfg.run_dir, "eval.csv")] == ["0"]
 
 
+def test_too_long_ray_temp_dir_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ldmpc.algorithm import check_ray_temp_dir
+    from ldmpc.errors import UserError
+
+    monkeypatch.setenv("RAY_TMPDIR", "/tmp/" + "x" * 60)
+    with pytest.raises(UserError, match=r"RAY_TMPDIR=/tmp/x+ is too long"):
+        check_ray_temp_dir()
+    monkeypatch.setenv("RAY_TMPDIR", "/tmp/ldr1234")
+    check_ray_temp_dir()
+
+
 def _csv_rows(run_dir: str, name: str) -> list[str]:
     with open(os.path.join(run_dir, name)) as fh:
         return fh.read().splitlines()[1:]
