@@ -2,12 +2,12 @@
 
 The Q-ensemble stores the weights of all heads stacked ([heads, in, out]) and is functional: the
 same forward runs on the live, the detached (policy loss) and the EMA target parameters without
-copying modules. It evaluates the heads one after the other with plain addmm: measured on the
-2-core CPU (1 thread, 768 rows), that beat both batched matmuls over stacked weights (bmm needs
-transposed copies and per-head LayerNorm affine as extra passes) and `vmap(functional_call)`:
-size-1 Q (2 heads) forward 12.3 ms vs 19.8 (bmm) / 16.1 (vmap); forward+backward 36.5 vs
-40.2 / 46.3; size-5 Q (5 heads) forward 66.7 vs 74.8 / 77.7, forward+backward 206 vs 223 / 247.
-On a GPU the per-head launches cost little at these sizes; `torch.compile` can fuse them.
+copying modules. It evaluates the heads one after the other with plain addmm. Measured on the
+2-core CPU (1 thread, CPU time, 768 rows, ATen Mish in all variants): size-1 Q (2 heads)
+forward 16.5 ms vs 16.3 (stacked bmm) / 18.7 (vmap of functional_call), forward+backward 43.3
+vs 45.4 / 49.2; size-5 Q (5 heads) forward 72 vs 90 / 83, forward+backward 235 vs 237 / 265.
+Per-head weights are contiguous views, so selecting heads costs no copies. On a GPU the
+per-head launches cost little at these sizes, and `torch.compile` can fuse them.
 """
 
 from __future__ import annotations
