@@ -81,14 +81,16 @@ def sample_noise(
 
 
 def model_evals_per_decision(cfg: Any) -> dict[str, int]:
-    """Analytic count of world-model calls per env per decision (rows through each head).
+    """Analytic count of world-model rows evaluated per env per decision, by head.
 
-    `dynamics` is the headline number a benchmark reports as "model evaluations".
+    `dynamics` is the headline number a benchmark reports as "model evaluations". Policy
+    trajectories are generated (P x (H-1) dynamics rows) and rolled out once (P x H), Gaussian
+    candidates in every iteration.
     """
     It, N, P, H = cfg.iterations, cfg.num_samples, cfg.num_pi_trajs, cfg.horizon
     return {
-        "dynamics": P * (H - 1) + It * N * H,
-        "reward": It * N * H,
+        "dynamics": P * (H - 1) + P * H + It * (N - P) * H,
+        "reward": P * H + It * (N - P) * H,
         "pi": P * H + It * N,
         "q_heads": It * N * 2,
     }

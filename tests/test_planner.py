@@ -115,7 +115,7 @@ def test_actions_bounded_and_mask_zeroes_padded_dims() -> None:
 def test_model_evals_per_decision() -> None:
     cfg = config.derive(config.parse(["model_size=1"]), (5,), 1)
     evals = model_evals_per_decision(cfg)
-    assert evals["dynamics"] == 24 * 2 + 6 * 512 * 3
+    assert evals["dynamics"] == 24 * 2 + 24 * 3 + 6 * (512 - 24) * 3
     assert evals["q_heads"] == 6 * 512 * 2
 
 
