@@ -1,0 +1,64 @@
+"""Learning: cartpole-swingup to 100k agent steps at the `make train` CPU budget.
+
+Runs `ldmpc train` as a subprocess with checkpoints under benchmarks/results/learning/; a second
+invocation continues it (`resume=true`), so a long run can span several sessions. At the end it
+prints the eval curve beside TD-MPC2's public returns at the same steps (DESIGN.md §3.1).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.common import RESULTS, append_rows, quick, table
+
+# The budget of `make train` (Makefile TRAIN_ARGS), spelled out so the figures say what ran.
+BUDGET = (
+    "task=cartpole-swingup model_size=1 iterations=2 num_samples=256 num_elites=32 "
+    "num_pi_trajs=16 eval_freq=5000 eval_episodes=4 checkpoint_freq=5000"
+)
+TDMPC2_CARTPOLE = {100_000: 839, 200_000: 872, 500_000: 876, 1_000_000: 876}
+
+
+def main() -> None:
+    steps = int(os.environ.get("LEARNING_STEPS", 5000 if quick() else 100_000))
+    work = RESULTS / "learning"
+    run_dir = work / "cartpole-swingup" / "1" / f"bench{steps}"
+    resume = (run_dir / "checkpoints" / "latest.pt").exists()
+    args = [
+        *shlex.split(BUDGET),
+        f"steps={steps}",
+        f"work_dir={work}",
+        f"exp_name=bench{steps}",
+        f"resume={str(resume).lower()}",
+        "progress=false",
+    ]
+    print(f"ldmpc train {' '.join(args)}", flush=True)
+    proc = subprocess.run([sys.executable, "-m", "ldmpc.cli", "train", *args], check=False)
+    rows = _eval_rows(run_dir / "eval.csv")
+    for row in rows:
+        ref = TDMPC2_CARTPOLE.get(int(row["step"]))
+        row["tdmpc2_public"] = ref if ref is not None else ""
+    print(table(rows))
+    print(f"curve: {run_dir / 'curve.png'}; exit code {proc.returncode}")
+    if rows:
+        last = rows[-1]
+        append_rows("learning", [{"steps": last["step"], "return": last["episode_reward"]}])
+
+
+def _eval_rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return [
+            {k: r[k] for k in ("step", "episode_reward", "episode_reward_std", "elapsed_s")}
+            for r in csv.DictReader(fh)
+        ]
+
+
+if __name__ == "__main__":
+    main()

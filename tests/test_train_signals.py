@@ -1,0 +1,86 @@
+"""SIGTERM during `ldmpc train` (a real subprocess) leaves a loadable checkpoint, and
+`resume=true` continues the run's counters and curve from it."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ldmpc.checkpoint import load_checkpoint
+
+TINY = [
+    "task=cartpole-swingup",
+    "model_size=1",
+    "iterations=1",
+    "num_samples=16",
+    "num_elites=4",
+    "num_pi_trajs=2",
+    "batch_size=32",
+    "seed_steps=300",
+    "eval_episodes=2",
+    "eval_freq=100000",
+    "checkpoint_freq=0",
+    "progress=false",
+    "torch_threads=1",
+]
+
+
+_RAY_DIRS: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _remove_ray_dirs() -> Iterator[None]:
+    yield
+    for path in _RAY_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _train(tmp: Path, *extra: str) -> subprocess.Popen[str]:
+    # Ray's socket paths must stay under 107 bytes: a short temp dir, not pytest's deep one.
+    ray_tmp = tempfile.mkdtemp(prefix="ldray", dir="/tmp")
+    _RAY_DIRS.append(ray_tmp)
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    args = [sys.executable, "-m", "ldmpc.cli", "train", *TINY, f"work_dir={tmp / 'runs'}", *extra]
+    return subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.time() < deadline, f"{path} not written in {timeout} s"
+        time.sleep(0.5)
+
+
+def test_sigterm_writes_final_checkpoint_and_resume_continues(tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "cartpole-swingup" / "1" / "default"
+    proc = _train(tmp_path, "steps=1000000")
+    _wait_for(run_dir / "train.csv", proc, timeout=240)  # first episode done: training is live
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+    stopped_at = int(ckpt["counters"]["env_steps"])
+    assert stopped_at >= 500
+
+    target = stopped_at + 500
+    proc = _train(tmp_path, f"steps={target}", "resume=true")
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out
+    resumed = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+    assert int(resumed["counters"]["env_steps"]) >= target
+    with open(run_dir / "train.csv", newline="") as fh:
+        steps = [int(float(r["step"])) for r in csv.DictReader(fh)]
+    assert steps == sorted(steps) and steps[-1] > stopped_at  # the curve continues, no restart
