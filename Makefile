@@ -5,8 +5,9 @@ RUFF    := .venv/bin/ruff
 # CPU budget for `make train` (DESIGN.md §3.4: TD-MPC2's defaults cost ~0.3 s per agent step on
 # this 2-core CPU). Every reduced key is spelled out here; a GPU run uses the full defaults:
 #   make train TRAIN_ARGS="task=cartpole-swingup device=cuda"
-TRAIN_ARGS ?= task=cartpole-swingup model_size=1 steps=100000 iterations=2 num_samples=256 \
-              num_elites=32 num_pi_trajs=16 eval_freq=5000 eval_episodes=4 checkpoint_freq=5000
+TRAIN_ARGS ?= task=cartpole-swingup model_size=1 batch_size=64 iterations=2 num_samples=128 \
+              num_elites=16 num_pi_trajs=8 seed_steps=1000 steps=100000 eval_freq=2500 \
+              eval_episodes=4 checkpoint_freq=2500
 ARGS   ?=
 B      ?=
 QUICK  ?=

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -16,11 +17,18 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS, append_rows, quick, table
 
-# The budget of `make train` (Makefile TRAIN_ARGS), spelled out so the figures say what ran.
-BUDGET = (
-    "task=cartpole-swingup model_size=1 iterations=2 num_samples=256 num_elites=32 "
-    "num_pi_trajs=16 eval_freq=5000 eval_episodes=4 checkpoint_freq=5000"
-)
+MAKEFILE = Path(__file__).resolve().parents[1] / "Makefile"
+
+
+def make_train_budget() -> list[str]:
+    """The `TRAIN_ARGS` of the Makefile: one source of truth for the CPU budget."""
+    text = MAKEFILE.read_text().replace("\\\n", " ")
+    match = re.search(r"^TRAIN_ARGS \?=(.*)$", text, flags=re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no TRAIN_ARGS line in {MAKEFILE}")
+    return [a for a in shlex.split(match.group(1)) if not a.startswith("steps=")]
+
+
 TDMPC2_CARTPOLE = {100_000: 839, 200_000: 872, 500_000: 876, 1_000_000: 876}
 
 
@@ -30,7 +38,7 @@ def main() -> None:
     run_dir = work / "cartpole-swingup" / "1" / f"bench{steps}"
     resume = (run_dir / "checkpoints" / "latest.pt").exists()
     args = [
-        *shlex.split(BUDGET),
+        *make_train_budget(),
         f"steps={steps}",
         f"work_dir={work}",
         f"exp_name=bench{steps}",
