@@ -376,12 +376,17 @@ def init_ray(cfg: DictConfig) -> bool:
         return False
     check_ray_temp_dir()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray/RLlib log informational WARNINGs on every start (token auth on, new API stack,
+    # deprecations, gputil): noise for a user. Real errors still show.
+    quiet = logging.DEBUG if os.environ.get("LDMPC_DEBUG") == "1" else logging.ERROR
+    for name in ("ray", "ray.rllib", "ray.tune"):
+        logging.getLogger(name).setLevel(quiet)
     ray.init(
         num_cpus=len(os.sched_getaffinity(0)),
         include_dashboard=False,
         dashboard_host="127.0.0.1",
         log_to_driver=cfg.num_env_runners > 0 or cfg.num_learners > 0,
-        logging_level=logging.WARNING,
+        logging_level=quiet,
     )
     return True
 
