@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -249,50 +250,66 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise UserError(f"{key}={_fmt(value)}: {allowed}")
 
 
+# (predicate, what is allowed, keys): the per-key range checks of validate().
+RANGE_RULES: list[tuple[Callable[[Any], bool], str, tuple[str, ...]]] = [
+    (
+        lambda v: v >= 1,
+        "must be a positive integer",
+        (
+            "steps",
+            "batch_size",
+            "buffer_size",
+            "eval_episodes",
+            "eval_freq",
+            "horizon",
+            "iterations",
+            "num_samples",
+            "num_elites",
+            "enc_dim",
+            "mlp_dim",
+            "latent_dim",
+            "num_enc_layers",
+            "num_envs",
+            "simnorm_dim",
+            "num_channels",
+        ),
+    ),
+    (
+        lambda v: v >= 0,
+        "must be >= 0",
+        (
+            "seed",
+            "num_pi_trajs",
+            "task_dim",
+            "torch_threads",
+            "checkpoint_freq",
+            "seed_steps",
+            "num_env_runners",
+            "num_learners",
+        ),
+    ),
+    (
+        lambda v: v > 0 and math.isfinite(v),
+        "must be > 0",
+        (
+            "lr",
+            "temperature",
+            "min_std",
+            "grad_clip_norm",
+            "utd_ratio",
+            "enc_lr_scale",
+            "discount_denom",
+        ),
+    ),
+    (lambda v: 0 < v <= 1, "must be in (0, 1]", ("rho", "tau")),
+]
+
+
 def validate(cfg: DictConfig) -> None:
     """Range and combination checks; each failure names the key, the value and what is allowed."""
-    for key in (
-        "steps",
-        "batch_size",
-        "buffer_size",
-        "eval_episodes",
-        "eval_freq",
-        "horizon",
-        "iterations",
-        "num_samples",
-        "num_elites",
-        "enc_dim",
-        "mlp_dim",
-        "latent_dim",
-        "num_enc_layers",
-        "num_envs",
-        "simnorm_dim",
-        "num_channels",
-    ):
-        _check(cfg[key] >= 1, key, cfg[key], "must be a positive integer")
-    for key in (
-        "seed",
-        "num_pi_trajs",
-        "task_dim",
-        "torch_threads",
-        "checkpoint_freq",
-        "seed_steps",
-        "num_env_runners",
-        "num_learners",
-    ):
-        _check(cfg[key] >= 0, key, cfg[key], "must be >= 0")
-    for key in (
-        "lr",
-        "temperature",
-        "min_std",
-        "grad_clip_norm",
-        "utd_ratio",
-        "enc_lr_scale",
-        "discount_denom",
-    ):
-        _check(cfg[key] > 0 and math.isfinite(cfg[key]), key, cfg[key], "must be > 0")
-    for key in ("rho", "tau"):
-        _check(0 < cfg[key] <= 1, key, cfg[key], "must be in (0, 1]")
+    for ok, allowed, keys in RANGE_RULES:
+        for key in keys:
+            _check(ok(cfg[key]), key, cfg[key], allowed)
     _check(0 <= cfg.dropout < 1, "dropout", cfg.dropout, "must be in [0, 1)")
     _check(
         0 < cfg.discount_min <= cfg.discount_max < 1,
