@@ -13,16 +13,6 @@ from ldmpc import config
 from ldmpc.agent import Agent
 from ldmpc.compile import CompiledFn, maybe_compile
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster and immune to other processes on the 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = [
     "model_size=1", "mlp_dim=64", "latent_dim=32", "enc_dim=64", "num_samples=64",
     "num_elites=8", "num_pi_trajs=4", "iterations=2", "batch_size=16",

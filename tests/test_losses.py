@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from ldmpc import config
 from ldmpc.losses import RunningScale, policy_loss, td_target, total_loss, world_model_loss
 from ldmpc.world_model import WorldModel
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster and immune to other processes on the 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_cfg(*overrides: str):

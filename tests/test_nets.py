@@ -10,15 +10,6 @@ from ldmpc.math_utils import soft_ce, symexp, symlog, two_hot, two_hot_inv
 from ldmpc.nets import NormedLinear, QEnsemble, SimNorm, mish, mlp
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster and immune to other processes on the 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_simnorm_sums_to_one_per_group() -> None:
     x = torch.randn(3, 4, 64) * 5
     y = SimNorm(8)(x)

@@ -5,23 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import pytest
 import torch
 
 from ldmpc import config
 from ldmpc.math_utils import two_hot
 from ldmpc.planner import PlanNoise, model_evals_per_decision, plan, sample_noise, warm_start
 from ldmpc.world_model import WorldModel
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster and immune to other processes on the 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 SMALL = ["num_samples=64", "num_elites=8", "num_pi_trajs=4", "iterations=3"]
 

@@ -10,15 +10,6 @@ from ldmpc import config
 from ldmpc.world_model import WorldModel
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster and immune to other processes on the 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_cfg(*overrides: str, obs_dim: int = 5, action_dim: int = 1):
     return config.derive(config.parse(["model_size=1", *overrides]), (obs_dim,), action_dim)
 
