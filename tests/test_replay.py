@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from ldmpc import replay as replay_mod
+from ldmpc import replay_snapshot
 from ldmpc.errors import UserError
 from ldmpc.replay import EpisodeBuilder, EpisodeReplay
 
@@ -233,14 +233,14 @@ def test_crash_before_manifest_keeps_previous_snapshot(tmp_path, monkeypatch) ->
     snapshot = EpisodeReplay(1000, 3, (3,), A)
     snapshot.load(tmp_path)
     rb.add_episode(make_episode(4, 30))
-    real = replay_mod.atomic_write_bytes
+    real = replay_snapshot.atomic_write_bytes
 
     def crash_on_manifest(path, data):
         if Path(path).name == "manifest.json":
             raise KeyboardInterrupt("killed")
         real(path, data)
 
-    monkeypatch.setattr(replay_mod, "atomic_write_bytes", crash_on_manifest)
+    monkeypatch.setattr(replay_snapshot, "atomic_write_bytes", crash_on_manifest)
     with pytest.raises(KeyboardInterrupt):
         rb.save(tmp_path)
     monkeypatch.undo()
