@@ -10,8 +10,8 @@ import os
 
 import torch
 
-from benchmarks.common import RESULTS, append_rows, interleaved_ms, make_agent, quick, table
-from benchmarks.learning import make_train_budget
+from benchmarks.common import append_rows, interleaved_ms, make_agent, quick, table
+from benchmarks.learning import make_train_budget, run_dir, target_steps
 
 PLANNING_KEYS = ("iterations", "num_samples", "num_elites", "num_pi_trajs", "horizon")
 
@@ -22,14 +22,13 @@ def _budget_overrides() -> list[str]:
 
 
 def _default_checkpoint() -> str | None:
-    path = RESULTS / "learning" / "cartpole-swingup" / "1" / "bench100000" / "checkpoints"
-    latest = path / "latest.pt"
+    latest = run_dir(target_steps()) / "checkpoints" / "latest.pt"
     return str(latest) if latest.exists() else None
 
 
 def main() -> None:
     from ldmpc.checkpoint import load_checkpoint
-    from ldmpc.evaluate import evaluate
+    from ldmpc.evaluate import eval_seed, evaluate
     from ldmpc.planner import model_evals_per_decision
 
     base = ["task=cartpole-swingup", "model_size=1", "batch_size=64"]
@@ -58,7 +57,7 @@ def main() -> None:
             "speedup_vs_default": ms["tdmpc2_default"] / ms[name],
         }
         if ckpt_path:
-            result = evaluate(agent, cfg, episodes, seed=cfg.seed + 10_000)
+            result = evaluate(agent, cfg, episodes, seed=eval_seed(cfg))
             row.update(checkpoint_step=step, eval_return=result["episode_reward"])
         rows.append(row)
     print(table(rows))

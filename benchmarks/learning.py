@@ -32,27 +32,36 @@ def make_train_budget() -> list[str]:
 TDMPC2_CARTPOLE = {100_000: 839, 200_000: 872, 500_000: 876, 1_000_000: 876}
 
 
-def main() -> None:
-    steps = int(os.environ.get("LEARNING_STEPS", 5000 if quick() else 100_000))
+def target_steps() -> int:
+    return int(os.environ.get("LEARNING_STEPS", 5000 if quick() else 100_000))
+
+
+def run_args(steps: int) -> list[str]:
+    """The `ldmpc train` overrides of this benchmark's run (without resume/progress)."""
     work = RESULTS / "learning"
-    run_dir = work / "cartpole-swingup" / "1" / f"bench{steps}"
-    resume = (run_dir / "checkpoints" / "latest.pt").exists()
-    args = [
-        *make_train_budget(),
-        f"steps={steps}",
-        f"work_dir={work}",
-        f"exp_name=bench{steps}",
-        f"resume={str(resume).lower()}",
-        "progress=false",
-    ]
+    return [*make_train_budget(), f"steps={steps}", f"work_dir={work}", f"exp_name=bench{steps}"]
+
+
+def run_dir(steps: int) -> Path:
+    """Where that run writes, as the config derives it."""
+    from ldmpc import config
+
+    return Path(config.run_dir_of(config.parse(run_args(steps))))
+
+
+def main() -> None:
+    steps = target_steps()
+    run_dir_ = run_dir(steps)
+    resume = (run_dir_ / "checkpoints" / "latest.pt").exists()
+    args = [*run_args(steps), f"resume={str(resume).lower()}", "progress=false"]
     print(f"ldmpc train {' '.join(args)}", flush=True)
     proc = subprocess.run([sys.executable, "-m", "ldmpc.cli", "train", *args], check=False)
-    rows = _eval_rows(run_dir / "eval.csv")
+    rows = _eval_rows(run_dir_ / "eval.csv")
     for row in rows:
         ref = TDMPC2_CARTPOLE.get(int(row["step"]))
         row["tdmpc2_public"] = ref if ref is not None else ""
     print(table(rows))
-    print(f"curve: {run_dir / 'curve.png'}; exit code {proc.returncode}")
+    print(f"curve: {run_dir_ / 'curve.png'}; exit code {proc.returncode}")
     if rows:
         last = rows[-1]
         append_rows("learning", [{"steps": last["step"], "return": last["episode_reward"]}])

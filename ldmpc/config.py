@@ -389,6 +389,11 @@ def discount_heuristic(episode_length: int, denom: float, lo: float, hi: float) 
     return float(min(max((frac - 1) / frac, lo), hi)) if frac > 1 else lo
 
 
+def run_dir_of(cfg: DictConfig) -> str:
+    """<work_dir>/<task>/<seed>/<exp_name>, as TD-MPC2 lays out its logs."""
+    return os.path.join(cfg.work_dir, cfg.task, str(cfg.seed), cfg.exp_name)
+
+
 def derive(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int) -> DictConfig:
     """Fill every derived value in one place, then freeze the config."""
     from ldmpc.tasks import resolve_tasks
@@ -408,7 +413,7 @@ def derive(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int) -> Dict
     cfg.bin_size = (cfg.vmax - cfg.vmin) / (cfg.num_bins - 1)
     if cfg.seed_steps == 0:
         cfg.seed_steps = max(1000, 5 * cfg.episode_length)
-    cfg.run_dir = os.path.join(cfg.work_dir, cfg.task, str(cfg.seed), cfg.exp_name)
+    cfg.run_dir = run_dir_of(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 
@@ -443,12 +448,10 @@ def fingerprint(cfg: DictConfig) -> dict[str, Any]:
 def load(overrides: list[str] | dict[str, Any] | None = None) -> DictConfig:
     """parse() + one probe env for the observation/action shapes + derive(): a run's config."""
     from ldmpc.envs import make_env
-
-    cfg = parse(overrides)
-    first_task = cfg.task if "," not in cfg.task else cfg.task.split(",")[0]
     from ldmpc.tasks import resolve_tasks
 
-    env = make_env(resolve_tasks(first_task)[0].name, seed=cfg.seed, obs=cfg.obs)
+    cfg = parse(overrides)
+    env = make_env(resolve_tasks(cfg.task)[0].name, seed=cfg.seed, obs=cfg.obs)
     try:
         obs_shape = tuple(env.observation_space.shape)
         action_dim = int(env.action_space.shape[0])

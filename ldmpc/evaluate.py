@@ -15,6 +15,12 @@ from omegaconf import DictConfig
 
 from ldmpc.envs import make_vector_env
 
+EVAL_SEED_OFFSET = 10_000  # eval envs never share seeds with the training envs
+
+
+def eval_seed(cfg: DictConfig) -> int:
+    return int(cfg.seed) + EVAL_SEED_OFFSET
+
 
 def _frames(envs: Any) -> list[np.ndarray] | None:
     try:
@@ -87,8 +93,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     agent = Agent(cfg, device)
     agent.load_state_dict(ckpt["payload"]["agent"])
     video_dir = os.path.join(cfg.run_dir, "videos", "eval") if cfg.save_video else None
-    result = evaluate(agent, cfg, cfg.eval_episodes, seed=cfg.seed + 10_000, video_dir=video_dir)
-    step = ckpt["counters"].get("step", "?")
+    result = evaluate(agent, cfg, cfg.eval_episodes, seed=eval_seed(cfg), video_dir=video_dir)
+    step = ckpt["counters"].get("env_steps", "?")
     line = (
         f"{cfg.task}  step={step}  return={result['episode_reward']:.1f} ± "
         f"{result['episode_reward_std']:.1f} over {cfg.eval_episodes} episodes"
