@@ -520,7 +520,7 @@ class Evaluator:
         self.agent = Agent(cfg, resolve_device(cfg.device))
 
     def __call__(self, algo: LdmpcAlgorithm, step: int) -> dict[str, float]:
-        from ldmpc.evaluate import evaluate
+        from ldmpc.evaluate import eval_seed, evaluate
 
         self.agent.load_state_dict(algo.agent_weights())
         video = os.path.join(self.cfg.run_dir, "videos", f"step_{step}")
@@ -528,7 +528,7 @@ class Evaluator:
             self.agent,
             self.cfg,
             self.cfg.eval_episodes,
-            seed=self.cfg.seed + 10_000,
+            seed=eval_seed(self.cfg),
             video_dir=video if self.cfg.save_video else None,
         )
 
@@ -547,7 +547,7 @@ def save(algo: LdmpcAlgorithm, cfg: DictConfig) -> Any:
         return None
     algo.replay.save(replay_dir(cfg))
     state = algo.ldmpc_state()
-    counters = {"step": algo.counters.env_steps, **state.pop("counters")}
+    counters = state.pop("counters")
     return save_run_checkpoint(
         cfg.run_dir, algo.counters.env_steps, state, fingerprint=fingerprint(cfg), counters=counters
     )
@@ -568,6 +568,11 @@ def resume(algo: LdmpcAlgorithm, cfg: DictConfig) -> int:
     ckpt = load_checkpoint(path, expected_fingerprint=fingerprint(cfg))
     if os.path.isdir(replay_dir(cfg)):
         algo.replay.load(replay_dir(cfg))
+    elif int(ckpt["counters"].get("env_steps", 0)) > 0:
+        raise UserError(
+            f"resume=true: {path} continues a run whose replay folder {replay_dir(cfg)} is "
+            "missing; restore it, or start a new run (resume=false or another exp_name)"
+        )
     fields = Counters.__dataclass_fields__
     counters = {k: v for k, v in ckpt["counters"].items() if k in fields}
     algo.set_ldmpc_state({**ckpt["payload"], "counters": counters})
