@@ -65,6 +65,16 @@ class LdmpcEnvRunner(SingleAgentEnvRunner):
         if self._seed is not None:
             self.env.action_space.seed(self._seed)
 
+    def reseed_acting(self, step: int) -> None:
+        """After a resume: draw exploration noise, seed-phase actions and the next env resets
+        from streams derived from the step reached, so the randomness of step 0 is not replayed.
+        """
+        base = (self._seed or 0) + int(step)
+        self._seed = base  # RLlib's next env reset uses it
+        self.env.action_space.seed(base)
+        if self.module is not None:
+            self.module.agent.generator.manual_seed(base)
+
     def make_module(self) -> None:
         super().make_module()
         if self.module is None or self.worker_index:

@@ -334,6 +334,10 @@ class LdmpcAlgorithm(Algorithm):
         )
         self.counters = Counters(**state["counters"])
         self.replay.set_state(state["replay"])
+        step = self.counters.env_steps
+        self.env_runner_group.foreach_env_runner(
+            lambda runner: runner.reseed_acting(step), local_env_runner=True
+        )
         self._sync_weights()
 
     def agent_weights(self) -> dict[str, Any]:

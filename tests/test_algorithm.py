@@ -267,6 +267,24 @@ def test_checkpoint_and_resume_continue_the_run(local_ray: None, tmp_path: Any) 
     assert [line.split(",")[0] for line in _csv_rows(cfg.run_dir, "eval.csv")] == ["0"]
 
 
+def test_restored_state_does_not_replay_step_zero_randomness(
+    local_ray: None, tmp_path: Any
+) -> None:
+    from ldmpc.algorithm import build_algorithm
+
+    cfg = tiny_cfg(tmp_path, "steps=50")
+    algo = build_algorithm(cfg)
+    try:
+        module = algo.env_runner_group.local_env_runner.module
+        assert module.agent.generator.initial_seed() == cfg.seed
+        state = algo.ldmpc_state()
+        state["counters"]["env_steps"] = 1234
+        algo.set_ldmpc_state(state)
+        assert module.agent.generator.initial_seed() == cfg.seed + 1234
+    finally:
+        algo.stop()
+
+
 def test_too_long_ray_temp_dir_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from ldmpc.algorithm import check_ray_temp_dir
     from ldmpc.errors import UserError
