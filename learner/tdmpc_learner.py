@@ -34,8 +34,6 @@ class TdmpcLearner(TorchLearner):
 
             set_threads(getattr(self.config, "ldmpc", {}).get("torch_threads") or 1)
         super().build()
-        self._nonfinite_total = 0
-        self._nonfinite_streak = 0
         self._step_ok = True
         self._fwd_out: dict[ModuleID, dict[str, Any]] = {}
 
@@ -66,14 +64,13 @@ class TdmpcLearner(TorchLearner):
         self._step_ok = bool(torch.isfinite(torch.cat(checks)).all())  # the one host sync
         if self._step_ok:
             super().apply_gradients(gradients_dict)
-            self._nonfinite_streak = 0
         else:
             for optim in self._optimizer_parameters:
                 optim.zero_grad(set_to_none=True)
-            self._nonfinite_total += 1
-            self._nonfinite_streak += 1
 
     def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
+        """Commit or skip per module; the skip counters live in the agent, so a checkpoint
+        carries them and the abort streak survives a resume."""
         super().after_gradient_based_update(timesteps=timesteps)
         for module_id in self._fwd_out:
             module = self.module[module_id].unwrapped()
@@ -81,9 +78,10 @@ class TdmpcLearner(TorchLearner):
                 module.commit_update()
             else:
                 module.skip_update()
+            counters = module.agent.counters
+            self.metrics.log_value(NONFINITE_TOTAL, counters["skipped_updates"], window=1)
+            self.metrics.log_value(NONFINITE_STREAK, counters["consecutive_skips"], window=1)
         self._fwd_out = {}
-        self.metrics.log_value(NONFINITE_TOTAL, self._nonfinite_total, window=1)
-        self.metrics.log_value(NONFINITE_STREAK, self._nonfinite_streak, window=1)
 
     # ------------------------------------------------------------------ checkpoint helpers
     def agent_state(self, module_id: ModuleID) -> dict[str, Any]:
