@@ -143,15 +143,9 @@ def _norm(value: Any) -> Any:
 
 
 def _show(value: Any) -> str:
-    if value is _MISSING:
-        return "<unset>"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return "[" + ",".join(_show(v) for v in value) + "]"
-    return str(value)
+    from ldmpc.config import format_value
+
+    return "<unset>" if value is _MISSING else format_value(value)
 
 
 _MISSING = object()

@@ -159,15 +159,18 @@ def help_text() -> str:
     for name in USER_KEYS:
         f = FIELDS[name]
         default = f.default_factory() if callable(f.default_factory) else f.default
-        lines.append(f"  {name + '=' + _fmt(default):<34} {f.metadata['help']}")
+        lines.append(f"  {name + '=' + format_value(default):<34} {f.metadata['help']}")
     return "\n".join(lines)
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A value as a user would type it as an override (null, true/false, [a,b])."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, list | tuple) or type(value).__name__ == "ListConfig":
+        return "[" + ",".join(format_value(v) for v in value) + "]"
     return str(value)
 
 
@@ -247,7 +250,7 @@ def coerce(key: str, raw: str) -> Any:
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise UserError(f"{key}={_fmt(value)}: {allowed}")
+        raise UserError(f"{key}={format_value(value)}: {allowed}")
 
 
 # (predicate, what is allowed, keys): the per-key range checks of validate().
