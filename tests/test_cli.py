@@ -73,6 +73,18 @@ def test_train_help_lists_keys() -> None:
     assert "horizon=3" in proc.stdout and "model_size=5" in proc.stdout
 
 
+def test_output_cut_by_a_pipe_is_not_a_traceback() -> None:
+    proc = subprocess.run(
+        f"{sys.executable} -m ldmpc.cli train --help | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.stdout.startswith("usage: ldmpc train")
+    assert "Traceback" not in proc.stderr
+
+
 def test_tasks_lists_dmcontrol() -> None:
     proc = run_cli("tasks")
     assert proc.returncode == 0, proc.stderr
