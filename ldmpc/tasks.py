@@ -19,7 +19,7 @@ from typing import Any
 from ldmpc.errors import UserError, close_matches
 
 SUITES = ("dmcontrol", "metaworld", "maniskill2", "myosuite")
-SUPPORTED_SUITES: set[str] = {"dmcontrol"}
+SUPPORTED_SUITES: set[str] = {"dmcontrol", "metaworld", "myosuite"}
 # Python package that provides each suite (checked without importing it: some are slow or noisy).
 _SUITE_PACKAGE = {
     "dmcontrol": "dm_control",
@@ -210,7 +210,7 @@ def resolve_tasks(task: str, allow_unsupported: bool = False) -> list[TaskSpec]:
 
 
 def suite_status() -> dict[str, tuple[bool, str]]:
-    """suite -> (usable here?, reason). Imports dm_control (about a second) but no other suite."""
+    """suite -> (usable here?, reason). Imports each supported suite's adapter (a few seconds)."""
     status: dict[str, tuple[bool, str]] = {}
     for suite in SUITES:
         package = _SUITE_PACKAGE[suite]

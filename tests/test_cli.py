@@ -25,7 +25,7 @@ BAD_INPUTS = [
     (["train", "steps=-5"], "steps=-5"),
     (["train", "model_size=7"], "allowed 1, 5, 19, 48, 317"),
     (["train", "lr=fast"], "expected a number"),
-    (["train", "task=mw-door-open"], "not yet supported"),
+    (["train", "task=mw-reach,myo-reach"], "must share the action repeat"),
     (["train", "num_env_runners=2"], "not implemented yet"),
     (["eval", "task=cartpole-swingup"], "checkpoint="),
     (["tune", "tune_configs/asha_cartpole.yaml"], "not available yet"),

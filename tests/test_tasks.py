@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import ldmpc.tasks as tasks_module
 from ldmpc.errors import UserError
 from ldmpc.tasks import (
     SUPPORTED_SUITES,
@@ -46,7 +47,7 @@ def test_suite_counts_and_required_names() -> None:
     assert counts == {"dmcontrol": 76, "metaworld": 50, "maniskill2": 5, "myosuite": 10}
     for name in MT30_DMC_STANDARD + MT30_DMC_CUSTOM + HARD_DMC:
         assert TASKS[name].suite == "dmcontrol"
-    assert {"dmcontrol"} == SUPPORTED_SUITES
+    assert {"dmcontrol", "metaworld", "myosuite"} <= SUPPORTED_SUITES
 
 
 def test_task_sets_match_tdmpc2() -> None:
@@ -125,14 +126,6 @@ def test_resolve_single_sets_and_lists() -> None:
 @pytest.mark.parametrize(
     ("task", "message"),
     [
-        (
-            "mw-door-open",
-            r"^task 'mw-door-open' \(metaworld\) is not yet supported in this version$",
-        ),
-        ("mt80", r"^task 'mw-assembly' \(metaworld\) is not yet supported in this version$"),
-        ("mw10", r"\(metaworld\) is not yet supported"),
-        ("walker-walk,lift-cube", r"^task 'lift-cube' \(maniskill2\) is not yet supported"),
-        ("myo-reach", r"^task 'myo-reach' \(myosuite\) is not yet supported"),
         ("walker-walk,,cheetah-run", "empty name"),
         ("walker-walk,walker-walk", "appears twice"),
         ("mt30,walker-walk", "appears twice"),
@@ -144,17 +137,49 @@ def test_resolve_errors(task: str, message: str) -> None:
         resolve_tasks(task)
 
 
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [
+        (
+            "mw-door-open",
+            r"^task 'mw-door-open' \(metaworld\) is not yet supported in this version$",
+        ),
+        ("mt80", r"^task 'mw-assembly' \(metaworld\) is not yet supported in this version$"),
+        ("mw10", r"\(metaworld\) is not yet supported"),
+        ("walker-walk,lift-cube", r"^task 'lift-cube' \(maniskill2\) is not yet supported"),
+        ("myo-reach", r"^task 'myo-reach' \(myosuite\) is not yet supported"),
+    ],
+)
+def test_unsupported_suite_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, task: str, message: str
+) -> None:
+    """A suite this version cannot build fails at task resolution, also inside make_env."""
+    from ldmpc.envs import make_env
+
+    monkeypatch.setattr(tasks_module, "SUPPORTED_SUITES", {"dmcontrol"})
+    with pytest.raises(UserError, match=message):
+        resolve_tasks(task)
+    with pytest.raises(UserError, match=message):
+        make_env(task, seed=0)
+
+
 def test_mixed_action_repeat_is_rejected() -> None:
     with pytest.raises(UserError, match="share the action repeat"):
         resolve_tasks("walker-walk,myo-reach", allow_unsupported=True)
+    with pytest.raises(UserError, match="share the action repeat"):
+        resolve_tasks("mw-reach,myo-reach")
 
 
 def test_suite_status() -> None:
     status = suite_status()
-    assert status["dmcontrol"] == (True, "ok")
-    for suite in ("metaworld", "maniskill2", "myosuite"):
-        usable, reason = status[suite]
-        assert not usable and reason.startswith("not yet supported in this version")
+    for suite in ("dmcontrol", "metaworld", "myosuite"):
+        assert status[suite] == (True, "ok")
+
+
+def test_suite_status_of_an_unsupported_suite(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tasks_module, "SUPPORTED_SUITES", {"dmcontrol"})
+    usable, reason = suite_status()["metaworld"]
+    assert not usable and reason.startswith("not yet supported in this version")
 
 
 def test_format_registry() -> None:

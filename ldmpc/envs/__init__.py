@@ -41,6 +41,14 @@ def make_env(task: str, seed: int, obs: str = "state") -> gymnasium.Env:
         from ldmpc.envs.dmcontrol import make_dmcontrol_env
 
         env = make_dmcontrol_env(spec.env_kwargs, seed)
+    elif spec.suite == "metaworld":
+        from ldmpc.envs.metaworld import make_metaworld_env
+
+        env = make_metaworld_env(spec.env_kwargs, seed)
+    elif spec.suite == "myosuite":
+        from ldmpc.envs.myosuite import make_myosuite_env
+
+        env = make_myosuite_env(spec.env_kwargs, seed)
     else:  # resolve_tasks already rejects unsupported suites; this guards a registry mistake
         raise UserError(f"task '{spec.name}' ({spec.suite}) is not yet supported in this version")
     from ldmpc.envs.wrappers import standard_wrappers
