@@ -8,8 +8,11 @@ declare -A lib_pkg=(
   [libOSMesa.so.8]=libosmesa6
 )
 missing=()
+# One ldconfig call, grepped as a string (`ldconfig -p | grep -q` under pipefail can fail by
+# SIGPIPE); its entries start with a tab.
+cache=$(ldconfig -p)
 for lib in "${!lib_pkg[@]}"; do
-  ldconfig -p | grep -q " $lib " || missing+=("${lib_pkg[$lib]}")
+  grep -q "^[[:space:]]*$lib " <<<"$cache" || missing+=("${lib_pkg[$lib]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
