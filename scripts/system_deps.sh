@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System libraries MuJoCo rendering needs (DESIGN.md §2). Installs only what is missing, only as root
-# on Debian; otherwise prints the apt-get line a user must run.
+# on Debian; otherwise prints the apt-get line a user must run. Then the CPU Vulkan path SAPIEN
+# (ManiSkill2) needs on machines without a GPU driver: scripts/vulkan_setup.sh.
 set -euo pipefail
 declare -A lib_pkg=(
   [libEGL.so.1]=libegl1
@@ -14,10 +15,12 @@ cache=$(ldconfig -p)
 for lib in "${!lib_pkg[@]}"; do
   grep -q "^[[:space:]]*$lib " <<<"$cache" || missing+=("${lib_pkg[$lib]}")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  echo "[setup] apt-get install ${missing[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-else
-  echo "[setup] missing system packages: ${missing[*]} (run: sudo apt-get install ${missing[*]})" >&2
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] apt-get install ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "[setup] missing system packages: ${missing[*]} (run: sudo apt-get install ${missing[*]})" >&2
+  fi
 fi
+bash "$(dirname "$0")/vulkan_setup.sh"
