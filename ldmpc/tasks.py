@@ -19,7 +19,7 @@ from typing import Any
 from ldmpc.errors import UserError, close_matches
 
 SUITES = ("dmcontrol", "metaworld", "maniskill2", "myosuite")
-SUPPORTED_SUITES: set[str] = {"dmcontrol", "metaworld", "myosuite"}
+SUPPORTED_SUITES: set[str] = {"dmcontrol", "metaworld", "maniskill2", "myosuite"}
 # Python package that provides each suite (checked without importing it: some are slow or noisy).
 _SUITE_PACKAGE = {
     "dmcontrol": "dm_control",

@@ -41,6 +41,10 @@ def make_env(task: str, seed: int, obs: str = "state") -> gymnasium.Env:
         from ldmpc.envs.dmcontrol import make_dmcontrol_env
 
         env = make_dmcontrol_env(spec.env_kwargs, seed)
+    elif spec.suite == "maniskill2":
+        from ldmpc.envs.maniskill2 import make_maniskill2_env
+
+        env = make_maniskill2_env(spec.env_kwargs, seed)
     elif spec.suite == "metaworld":
         from ldmpc.envs.metaworld import make_metaworld_env
 
