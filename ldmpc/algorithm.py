@@ -570,8 +570,9 @@ def resume(algo: LdmpcAlgorithm, cfg: DictConfig) -> int:
         print(f"resume=true: no checkpoint in {cfg.run_dir} yet, starting from step 0")
         return 0
     ckpt = load_checkpoint(path, expected_fingerprint=fingerprint(cfg))
-    if os.path.isdir(replay_dir(cfg)):
-        algo.replay.load(replay_dir(cfg))
+    if os.path.isdir(replay_dir(cfg)):  # minus episodes saved after the checkpoint was taken
+        before_id = ckpt["payload"]["replay"].get("next_episode_id")
+        algo.replay.load(replay_dir(cfg), before_id=before_id)
     elif int(ckpt["counters"].get("env_steps", 0)) > 0:
         raise UserError(
             f"resume=true: {path} continues a run whose replay folder {replay_dir(cfg)} is "

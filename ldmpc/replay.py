@@ -317,8 +317,9 @@ class EpisodeReplay:
 
     # ----------------------------------------------------------------------------- small state
     def get_state(self) -> dict[str, Any]:
-        """Sampler RNG state (small, for checkpoints); bulk data goes through save()/load()."""
-        return {"rng": _copy_state(self._rng.bit_generator.state)}
+        """Sampler RNG state and the next episode id (small, for checkpoints); bulk data goes
+        through save()/load(), and `load(before_id=state["next_episode_id"])` matches them."""
+        return {"rng": _copy_state(self._rng.bit_generator.state), "next_episode_id": self._next_id}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._rng.bit_generator.state = _copy_state(state["rng"])
@@ -330,11 +331,12 @@ class EpisodeReplay:
 
         save_snapshot(self, Path(path))
 
-    def load(self, path: str | os.PathLike[str]) -> None:
-        """Replace the contents with the snapshot in `path` (UserError naming a bad file)."""
+    def load(self, path: str | os.PathLike[str], before_id: int | None = None) -> None:
+        """Replace the contents with the snapshot in `path` (UserError naming a bad file);
+        with `before_id`, only its episodes whose id is smaller (see `load_snapshot`)."""
         from ldmpc.replay_snapshot import load_snapshot  # here: replay_snapshot imports this file
 
-        load_snapshot(self, Path(path))
+        load_snapshot(self, Path(path), before_id)
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

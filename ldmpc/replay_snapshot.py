@@ -214,11 +214,14 @@ def _flat(table: pa.Table, name: str) -> np.ndarray:
     return table.column(name).combine_chunks().flatten().to_numpy()
 
 
-def load_snapshot(replay: EpisodeReplay, path: Path) -> None:
+def load_snapshot(replay: EpisodeReplay, path: Path, before_id: int | None = None) -> None:
     """Restore `replay`'s episodes, ids and order from `path`; its RNG is left alone.
 
     The replay's own capacity applies: a larger snapshot loses its oldest episodes. Nothing is
     changed when any file is missing or corrupt (everything is read and checked first).
+    `before_id` keeps only episodes with smaller ids: a run snapshots its replay just before
+    its checkpoint, so after a kill in between the snapshot may hold episodes that the
+    checkpoint (its counters, its RNG) has not seen yet; resuming drops them.
     """
     path = path.resolve()
     m = _read_manifest(path, replay)
@@ -237,13 +240,17 @@ def load_snapshot(replay: EpisodeReplay, path: Path) -> None:
         else {k: np.zeros(0, np.int64) for k in ("id", "length", "task")}
     )
     lengths = cols["length"]
-    rows = int((lengths + 1).sum())
     if len(lengths) != m["num_episodes"] or int(lengths.sum()) != m["num_transitions"]:
         raise UserError(
             f"replay snapshot {path} is inconsistent with its manifest: "
             f"{len(lengths)} episodes / {int(lengths.sum())} transitions found, "
             f"manifest says {m['num_episodes']} / {m['num_transitions']}"
         )
+    next_id = m["next_episode_id"]
+    if before_id is not None and before_id < next_id:  # ids ascend: the dropped ones are a suffix
+        cols = {k: v[cols["id"] < before_id] for k, v in cols.items()}
+        lengths, next_id = cols["length"], before_id
+    rows = int((lengths + 1).sum())
     replay._alloc(max(rows + rows // 4, 1))
     offset = 0
     for arr in arrays:
@@ -257,9 +264,11 @@ def load_snapshot(replay: EpisodeReplay, path: Path) -> None:
     replay._table = _EpisodeTable.from_columns(start=starts, **cols)
     replay._write = rows
     replay._num_transitions = int(lengths.sum())
-    replay._next_id = m["next_episode_id"]
+    replay._next_id = next_id
     replay._index_cache.clear()
     saved_upto = int(cols["id"][-1]) if len(lengths) else -1
     replay._saved = _SaveState(path, m["generation"], list(m["chunks"]), saved_upto)
+    if next_id != m["next_episode_id"]:  # dropped episodes: their ids will be reused, so the
+        replay._saved = None  # next save rewrites the snapshot instead of adding to its chunks
     while replay.num_transitions > replay.capacity:
         replay._evict_oldest()

@@ -218,6 +218,23 @@ def test_incremental_save_after_load_and_smaller_capacity(tmp_path: Path) -> Non
     assert small.episode_ids.tolist() == [9, 10] and small.num_transitions == 100
 
 
+def test_load_before_id_drops_episodes_newer_than_the_checkpoint(tmp_path: Path) -> None:
+    """A run snapshots replay, then checkpoints: a kill in between leaves the snapshot ahead."""
+    rb = filled(1000, [30] * 4)
+    at_checkpoint = rb.get_state()
+    rb.add_episode(make_episode(4, 30))  # saved, but the checkpoint was never written
+    rb.save(tmp_path)
+    back = EpisodeReplay(1000, 3, (3,), A)
+    back.load(tmp_path, before_id=at_checkpoint["next_episode_id"])
+    assert back.episode_ids.tolist() == [0, 1, 2, 3] and back.num_transitions == 120
+    assert back.add_episode(make_episode(9, 30)) == 4  # the dropped id is reused ...
+    back.save(tmp_path)  # ... so this save rewrites the snapshot rather than adding a chunk
+    again = EpisodeReplay(1000, 3, (3,), A)
+    again.load(tmp_path)
+    assert_same_episodes(back, again)
+    assert np.array_equal(again.episode(4)["obs"], make_episode(9, 30)["obs"])
+
+
 def test_save_into_foreign_snapshot_dir_rewrites_everything(tmp_path: Path) -> None:
     filled(1000, [10] * 3).save(tmp_path)
     other = filled(1000, [20] * 2)
