@@ -125,21 +125,17 @@ class PlannerModule(TorchRLModule):
         self._pending_scale = new_scale
         return {"loss": loss, "info": metrics, "new_scale": new_scale}
 
-    @torch.no_grad()
     def commit_update(self) -> None:
-        """After a successful optimizer step: target-Q EMA and the new Q scale (TD-MPC2)."""
-        self.model.soft_update_target_Q(self.cfg.tau)
-        if self._pending_scale is not None:
-            self.scale.commit(self._pending_scale)
-            self._pending_scale = None
-        self.agent.counters["updates"] += 1
-        self.agent.counters["consecutive_skips"] = 0
+        """After a successful optimizer step (target-Q EMA, Q scale, counters: the agent's)."""
+        if self._pending_scale is None:
+            raise RuntimeError("commit_update() without a preceding _forward_train()")
+        self.agent.commit_update(self._pending_scale)
+        self._pending_scale = None
 
     def skip_update(self) -> None:
-        """A non-finite step was dropped: count it like `Agent.update` does."""
+        """A non-finite step was dropped: forget the candidate scale, count the skip."""
         self._pending_scale = None
-        self.agent.counters["skipped_updates"] += 1
-        self.agent.counters["consecutive_skips"] += 1
+        self.agent.skip_update()
 
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         return self._plan(batch, eval_mode=True)

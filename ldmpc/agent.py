@@ -130,18 +130,29 @@ class Agent:
         if host[0] == 1.0:
             self.optim.step()
             self.pi_optim.step()
-            self.model.soft_update_target_Q(self.cfg.tau)
-            self.scale.commit(new_scale)
-            self.counters["updates"] += 1
-            self.counters["consecutive_skips"] = 0
+            self.commit_update(new_scale)
         else:
             self.optim.zero_grad(set_to_none=True)
             self.pi_optim.zero_grad(set_to_none=True)
-            self.counters["skipped_updates"] += 1
-            self.counters["consecutive_skips"] += 1
+            self.skip_update()
         info["skipped"] = float(host[0] != 1.0)
         info.update({k: float(v) for k, v in self.counters.items()})
         return info
+
+    @torch.no_grad()
+    def commit_update(self, new_scale: torch.Tensor) -> None:
+        """After a successful optimizer step: target-Q EMA, the new Q scale, the counters.
+
+        Shared by `update()` and the RLlib learner (which steps the optimizers itself)."""
+        self.model.soft_update_target_Q(self.cfg.tau)
+        self.scale.commit(new_scale)
+        self.counters["updates"] += 1
+        self.counters["consecutive_skips"] = 0
+
+    def skip_update(self) -> None:
+        """A non-finite step was dropped: nothing changes but the skip counters."""
+        self.counters["skipped_updates"] += 1
+        self.counters["consecutive_skips"] += 1
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
