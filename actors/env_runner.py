@@ -132,7 +132,7 @@ class EpisodeStitcher:
                 part.obs.append(obs if not part.obs else obs[1:])
                 part.action.append(np.asarray(chunk.get_actions(), np.float32))
                 part.reward.append(np.asarray(chunk.get_rewards(), np.float32))
-                part.success = max(part.success, _success(chunk))
+                part.success = _last_success(chunk)
                 part.weights_seq_no = max(part.weights_seq_no, _weights_seq_no(chunk))
             if chunk.is_done:
                 del self._open[chunk.id_]
@@ -159,9 +159,11 @@ def _finish(part: _Partial, terminated: bool) -> FinishedEpisode:
     return FinishedEpisode(data, float(reward.sum()), part.success, part.weights_seq_no)
 
 
-def _success(chunk: SingleAgentEpisode) -> float:
-    infos = chunk.get_infos()
-    return max((float(i.get("success", 0.0)) for i in infos if isinstance(i, dict)), default=0.0)
+def _last_success(chunk: SingleAgentEpisode) -> float:
+    """Success at the chunk's last step; for a finished episode that is its final step, which
+    is what TD-MPC2 reports (not "ever succeeded")."""
+    info = chunk.get_infos(-1)
+    return float(info.get("success", 0.0)) if isinstance(info, dict) else 0.0
 
 
 def _weights_seq_no(chunk: SingleAgentEpisode) -> int:

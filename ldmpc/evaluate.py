@@ -54,9 +54,11 @@ def evaluate(
             is_first = torch.zeros_like(is_first)
             obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
             returns += np.where(active, reward, 0.0)
-            if "success" in info:
-                success = np.where(active, np.maximum(success, info["success"]), success)
-            active &= ~(np.asarray(terminated) | np.asarray(truncated))
+            ending = active & (np.asarray(terminated) | np.asarray(truncated))
+            final = info.get("final_info", {})  # SAME_STEP autoreset: `info` is the next reset's
+            if ending.any() and "success" in final:  # TD-MPC2 scores success at the final step
+                success = np.where(ending, final["success"], success)
+            active &= ~ending
     finally:
         envs.close()
     if video_dir is not None:
