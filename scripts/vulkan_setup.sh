@@ -91,6 +91,7 @@ install_packages() {
   command -v apt-get >/dev/null || fail "apt-get is not available; install ${PACKAGES[*]} (Mesa >= $MIN_MESA lavapipe) yourself"
   [ "$(id -u)" = 0 ] || fail "needs root to install ${PACKAGES[*]} (Mesa >= $MIN_MESA); run: sudo bash scripts/vulkan_setup.sh"
   local codename candidate target=()
+  # shellcheck source=/dev/null
   codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
   apt-get update -qq
   candidate=$(apt-cache policy mesa-vulkan-drivers | awk '/Candidate:/ {print $2}')

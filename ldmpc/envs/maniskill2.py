@@ -102,7 +102,7 @@ def configure_vulkan() -> None:
     if not (directory / LAYER_MANIFEST).is_file():
         raise UserError(
             f"ManiSkill2 on lavapipe needs the project's Vulkan layer, not built in {directory}; "
-            f"{_SETUP_HINT}"
+            f"{_SETUP_HINT} (LDMPC_VULKAN_LAYER_DIR names another build folder)"
         )
     layers = [x for x in os.environ.get("VK_INSTANCE_LAYERS", "").split(":") if x]
     if LAYER_NAME not in layers:
