@@ -150,7 +150,6 @@ class Config:
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 USER_KEYS = [name for name, f in FIELDS.items() if not f.metadata["derived"]]
-PRESET_KEYS = set(next(iter(MODEL_SIZES.values())))
 
 
 def help_text() -> str:

@@ -151,21 +151,6 @@ def bootstrap(
     return ret + cfg.discount**cfg.horizon * q
 
 
-@torch.no_grad()
-def estimate_value(
-    model: Any,
-    z: torch.Tensor,
-    actions: torch.Tensor,
-    term_eps: torch.Tensor,
-    heads: torch.Tensor,
-    cfg: Any,
-    task: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Value [E, N, 1] of action sequences: model return plus a bootstrapped Q (TD-MPC2)."""
-    G, z_H = rollout(model, z, actions, cfg, task)
-    return bootstrap(model, G, z_H, term_eps, heads, cfg, task)
-
-
 # On a CPU, activations of more rows than this fall out of the L2/L3 caches and every
 # elementwise pass becomes memory-bound: measured on the 2-core box (size 1, 16 envs x 512
 # samples), one [8192, ...] pass cost ~20% more per env than chunks of 4 envs.

@@ -9,8 +9,7 @@ padding). Episodes are placed in a ring and never wrap inside themselves, so a w
 index arithmetic `row0 + k*stride`, vectorised over the batch. A small episode table (id, first
 row, length, task) drives uniform sampling over all valid start positions and FIFO eviction by
 whole episodes. This file is storage + sampling only: Arrow IPC snapshots (save/load) live in
-`ldmpc.replay_snapshot`, and `EpisodeBuilder` (re-exported here), which turns vector-env steps into
-whole episodes, in `ldmpc.episode_builder`.
+`ldmpc.replay_snapshot`.
 """
 
 from __future__ import annotations
@@ -24,13 +23,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ldmpc.episode_builder import EpisodeBuilder
 from ldmpc.errors import UserError
 
 if TYPE_CHECKING:
     from ldmpc.replay_snapshot import _SaveState
 
-__all__ = ["Episode", "EpisodeBuilder", "EpisodeReplay"]
+__all__ = ["Episode", "EpisodeReplay"]
 
 Episode = dict[str, Any]
 

@@ -18,7 +18,7 @@ import torch
 
 from ldmpc import replay_snapshot
 from ldmpc.errors import UserError
-from ldmpc.replay import EpisodeBuilder, EpisodeReplay
+from ldmpc.replay import EpisodeReplay
 
 A = 2
 
@@ -138,36 +138,6 @@ def test_ring_wraps_and_grows_without_corrupting_episodes() -> None:
                 assert np.array_equal(e["obs"], ref["obs"])
                 assert np.array_equal(e["reward"], ref["reward"])
     assert rb._rows < 4 * cap  # the ring does not grow without bound
-
-
-def test_episode_builder_three_envs_ending_at_different_times() -> None:
-    rb = EpisodeReplay(1000, 1, (3,), A)
-    builder = EpisodeBuilder(3, sink=rb.add_episode)
-    ends = [3, 5, 7]  # env i's episodes last ends[i] steps; env 1 truncates, others terminate
-    t = [0, 0, 0]
-    ep_no = [0, 0, 0]
-    finished = []
-    for _ in range(16):
-        obs = np.array([[i, t[i], ep_no[i]] for i in range(3)], np.float32)
-        t_next = [t[i] + 1 for i in range(3)]
-        done = np.array([t_next[i] == ends[i] for i in range(3)])
-        final = np.array([[i, t_next[i], ep_no[i]] for i in range(3)], np.float32)
-        terminated, truncated = done & (np.arange(3) != 1), done & (np.arange(3) == 1)
-        action = np.full((3, A), 0.5, np.float32)
-        reward = np.arange(3, dtype=np.float32)
-        finished += builder.add_batch(obs, action, reward, terminated, truncated, final)
-        for i in range(3):
-            t[i], ep_no[i] = (0, ep_no[i] + 1) if done[i] else (t_next[i], ep_no[i])
-    assert [len(e["action"]) for e in finished] == [3, 5, 3, 7, 3, 5, 3, 7, 3, 5]
-    assert rb.num_episodes == 10 and rb.num_transitions == 44
-    for e in finished:
-        env, T = int(e["obs"][0, 0]), len(e["action"])
-        assert np.array_equal(e["obs"][:, 1], np.arange(T + 1))  # includes the final obs
-        assert (e["obs"][:, 2] == e["obs"][0, 2]).all()
-        assert e["terminated"][-1] == (env != 1) and not e["terminated"][:-1].any()
-    assert builder.pending_steps == sum(t)
-    with pytest.raises(ValueError, match="final_obs"):
-        builder.add_step(0, np.zeros(3), np.zeros(A), 0.0, True, False)
 
 
 # --------------------------------------------------------------------------- persistence
