@@ -105,22 +105,37 @@ def test_full_episode_truncates_after_100_agent_steps(envs_module) -> None:
     env.close()
 
 
-def test_success_is_reported(envs_module) -> None:
-    """Lifting the cube above the goal height with the arm at rest is a success (info = 1.0)."""
+def _lift_the_cube(env) -> None:
+    """Put LiftCube's cube far above its goal height: with the arm at rest that is a success."""
     import sapien.core as sapien
 
+    maniskill = env.unwrapped._env
+    x, y, _ = maniskill.obj.pose.p
+    maniskill.obj.set_pose(sapien.Pose([x, y, 0.6]))
+
+
+def test_success_is_reported_and_ends_the_episode(envs_module) -> None:
+    """As in TD-MPC2 (ManiSkill2's done = success): the episode ends at the first success, as a
+    truncation so the learner keeps bootstrapping, within the action repeat."""
     from ldmpc.envs import make_env
 
     env = make_env("lift-cube", seed=0)
     env.reset()
-    maniskill = env.unwrapped._env
-    x, y, _ = maniskill.obj.pose.p
-    maniskill.obj.set_pose(sapien.Pose([x, y, 0.6]))
+    _lift_the_cube(env)
     _, reward, terminated, truncated, info = env.step(np.zeros(4, np.float32))
     assert info["success"] == 1.0 and type(info["success"]) is float
-    assert reward == pytest.approx(2 * 2.25)  # LiftCube's dense reward at success, twice
-    assert not terminated and not truncated  # success does not end the episode
+    assert reward == pytest.approx(2.25)  # LiftCube's dense reward at success, one sub-step
+    assert truncated and not terminated
+    assert env.unwrapped._env._elapsed_steps == 1  # the repeat stopped at the success
     env.close()
+    base = envs_module.ManiSkill2Env("LiftCube-v0", "pd_ee_delta_pos", 0, end_on_success=False)
+    base.reset()
+    _lift_the_cube(base)
+    for _ in range(2):
+        _, reward, terminated, truncated, info = base.step(np.zeros(4, np.float32))
+        assert info["success"] == 1.0 and reward == pytest.approx(2.25)
+        assert not terminated and not truncated
+    base.close()
 
 
 def test_same_seed_same_rollout(envs_module) -> None:

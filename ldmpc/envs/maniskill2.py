@@ -3,10 +3,16 @@
 TD-MPC2's settings (it used ManiSkill2 0.4.1): state observations, the task's control mode from
 the registry, ManiSkill2's "dense" reward (0.4's default; 0.5 would default to normalized_dense),
 100 agent steps with action repeat 2 (added by `ldmpc.envs.wrappers`). One `step()` here is one
-ManiSkill2 control step. The base env never ends an episode itself: ManiSkill2's TimeLimit
-(200 control steps) is not applied, and its `terminated = success` is not passed on, because our
-learner stops bootstrapping at a termination while TD-MPC2 (non-episodic) never did; success is
-reported in `info["success"]` instead (evaluation counts an episode that ever succeeded).
+ManiSkill2 control step, and `info["success"]` is a float at reset and every step.
+
+Episode ends: ManiSkill2's TimeLimit (200 control steps) is not applied; the 100-step limit is the
+wrappers' job. ManiSkill2 reports `done = success`, and TD-MPC2's loop reset on it, so its
+episodes ended at the first success and its success metric (read at an episode's final step, as
+ours is) means "succeeded within 100 agent steps". The base env therefore ends an episode at the
+first success too, but as a truncation: TD-MPC2 (non-episodic) kept bootstrapping through that
+end, and our learner stops bootstrapping at a termination (which would also make hovering just
+short of success worth more than succeeding under the dense reward). `end_on_success=False`
+keeps episodes running through success instead.
 
 SAPIEN opens a Vulkan device even for state observations. Without a GPU the device is Mesa's
 lavapipe plus the project's layer (scripts/vulkan_layer/, built by `make setup`), which must be
@@ -179,7 +185,9 @@ class ManiSkill2Env(gym.Env):
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"]}
 
-    def __init__(self, env_id: str, control_mode: str, seed: int) -> None:
+    def __init__(
+        self, env_id: str, control_mode: str, seed: int, end_on_success: bool = True
+    ) -> None:
         if not 0 <= seed < 2**32:
             raise UserError(f"seed must be in [0, 2**32) for maniskill2, got {seed}")
         uid = missing_assets(env_id)
@@ -191,6 +199,7 @@ class ManiSkill2Env(gym.Env):
                 "./data), or set MS2_ASSET_DIR to the folder that holds them"
             )
         self.env_id = env_id
+        self.end_on_success = end_on_success
         self._env = _build(env_id, control_mode)
         self._next_seed: int | None = seed
         self.render_mode = "rgb_array"
@@ -216,7 +225,9 @@ class ManiSkill2Env(gym.Env):
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         a = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
         obs, reward, _, _, info = self._env.step(self._center + self._half_range * a)
-        return self._flat(obs), float(reward), False, False, {"success": float(info["success"])}
+        success = float(info["success"])
+        truncated = self.end_on_success and success > 0.0
+        return self._flat(obs), float(reward), False, truncated, {"success": success}
 
     @staticmethod
     def _flat(obs: np.ndarray) -> np.ndarray:
