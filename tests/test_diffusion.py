@@ -349,6 +349,7 @@ def test_cuda_sampling_and_loss_never_sync() -> None:
             out = sample(fn, noise, sigmas, "heun")
         loss, _ = denoising_loss(sched, net, out, generator=g, cond=cond, tokens=tokens)
         action_tokens(torch.randn(3, 8, 12, 2, device="cuda"), scale, 3, 4)
+        action_tokens(torch.randn(3, 8, 12, 2, device="cuda"), 4, 3, 4)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert out.shape == (3, 8, 3, 6) and torch.isfinite(loss).item()

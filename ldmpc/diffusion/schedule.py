@@ -81,8 +81,7 @@ class EDMSchedule:
         if steps < 1:
             raise ValueError(f"diffusion steps={steps}: must be >= 1")
         ramp = self.karras_ramp(steps + 1, device=device, dtype=torch.float64)
-        ramp[-1] = 0.0
-        return ramp.to(dtype)
+        return torch.cat([ramp[:-1], ramp.new_zeros(1)]).to(dtype)  # no scalar copy to a GPU
 
     def karras_ramp(
         self, n: int, device: Any = None, dtype: torch.dtype = torch.float32
@@ -92,16 +91,18 @@ class EDMSchedule:
         hi, lo = self.sigma_max ** (1 / self.rho), self.sigma_min ** (1 / self.rho)
         return (hi + t * (lo - hi)).pow(self.rho).to(dtype)
 
-    def grid_levels(self) -> torch.Tensor:
-        """Nonzero levels of the 1..grid_steps grids, with repeats (float64, CPU).
+    def grid_levels(self, device: Any = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """Nonzero levels of the 1..grid_steps grids, with repeats.
 
         Drawing uniformly from this list gives every denoiser call of every sampler length the
-        same probability, so sigma_max (the first call of each) gets the most mass.
+        same probability, so sigma_max (the first call of each) gets the most mass. Built on
+        `device` directly: a host-to-device copy of a pageable tensor would sync a GPU.
         """
         grids = [
-            self.sampling_sigmas(k, dtype=torch.float64)[:-1] for k in range(1, 1 + self.grid_steps)
+            self.sampling_sigmas(k, device, torch.float64)[:-1]
+            for k in range(1, 1 + self.grid_steps)
         ]
-        return torch.cat(grids)
+        return torch.cat(grids).to(dtype)
 
     # ----------------------------------------------------------------- parameterization
     def precondition(self, sigma: torch.Tensor) -> Precond:
@@ -152,7 +153,7 @@ class EDMSchedule:
         kw: dict[str, Any] = {"generator": generator, "device": device}
         lognormal = (self.p_mean + self.p_std * torch.randn(shape, **kw)).exp()
         lognormal = lognormal.clamp(self.sigma_min, self.sigma_max)
-        levels = self.grid_levels().to(device=device, dtype=lognormal.dtype)
+        levels = self.grid_levels(device, lognormal.dtype)
         pick = levels[torch.randint(len(levels), shape, **kw)]
         use_grid = torch.rand(shape, **kw) < self.grid_frac
         return torch.where(use_grid, pick, lognormal).to(dtype)

@@ -17,7 +17,9 @@ def action_tokens(
     Pure gathers: no host sync, same result batched or per item.
     """
     W, A = actions.shape[-2:]
-    s = torch.as_tensor(scale, device=actions.device).long()[..., None, None]  # [..., 1, 1]
+    if isinstance(scale, int):  # a fill, not a host-to-device copy (which would sync a GPU)
+        scale = torch.full((), scale, device=actions.device)
+    s = scale.long()[..., None, None]  # [..., 1, 1]
     t = torch.arange(num_tokens, device=actions.device)[:, None]
     j = torch.arange(max_scale, device=actions.device)
     valid = j < s  # [..., 1, M]
