@@ -35,6 +35,13 @@ i = 0..steps, with its last point set to 0. One Euler step x <- D + (sigma_next 
 D(sigma_max * n; sigma_max), close to the conditional mean of x0: for near-deterministic latent
 dynamics that is what the planner wants. Heun (2nd order) is optional.
 
+*Choosing sigma_max and steps.* One step collapses every noise draw onto the conditional mean,
+whatever sigma_max (>> sigma_data) is: right for near-deterministic latent dynamics, wrong for
+multimodal targets such as action proposals. Those need 2-3 steps and a sigma_max of a few
+sigma_data: with exact denoising of data +-1, 2 steps put 0 % / ~55 % / ~91 % of samples within
+0.1 of a mode at sigma_max = 80 / 10 / 3 (tests/test_diffusion.py). Set `grid_steps` to the
+largest step count used at plan time, so training visits every level the sampler will query.
+
 ## Public API
 
 - `EDMSchedule(sigma_data, ..., target)`: `sampling_sigmas(steps)`, `precondition(sigma)`,
