@@ -93,8 +93,20 @@ def make_agent(overrides: list[str], device: str = "auto") -> tuple[Any, Any]:
     from ldmpc.config import load
     from ldmpc.runtime import resolve_device
 
-    cfg = load([*overrides, f"device={device}", "progress=false"])
+    args = [*overrides, f"device={device}", "progress=false"]
+    if os.environ.get("LDMPC_BENCH_NO_ENV") == "1":  # GPU boxes without the simulators
+        from ldmpc.config import derive, parse
+
+        cfg = parse(args)
+        cfg = derive(cfg, *KNOWN_SHAPES[cfg.task])
+    else:
+        cfg = load(args)
     return cfg, Agent(cfg, resolve_device(cfg.device))
+
+
+# (obs_shape, action_dim) of the benchmarks' tasks, for LDMPC_BENCH_NO_ENV=1 (a machine with
+# torch but no simulator, e.g. a lent GPU box); tests/test_benchmarks.py checks them.
+KNOWN_SHAPES = {"cartpole-swingup": ((5,), 1)}
 
 
 def random_obs(cfg: Any, num_envs: int, device: Any) -> Any:
