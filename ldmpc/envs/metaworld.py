@@ -16,13 +16,12 @@ Meta-World quirks handled here:
 
 from __future__ import annotations
 
-import atexit
 from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 
-from ldmpc.envs.render import configure_mujoco_gl
+from ldmpc.envs.render import FrameRenderer, configure_mujoco_gl
 
 configure_mujoco_gl()  # must precede the first mujoco import (it fixes the GL backend)
 
@@ -35,13 +34,6 @@ from ldmpc.errors import UserError  # noqa: E402
 CAMERA = "corner2"
 CAMERA_POS = (0.75, 0.075, 0.7)
 _NO_PATH_LIMIT = 2**62  # Meta-World's step counter never reaches this
-
-
-def _close_all(renderers: dict[int, mujoco.Renderer]) -> None:
-    """Free offscreen renderers; at exit this must happen before EGL is terminated."""
-    for renderer in renderers.values():
-        renderer.close()
-    renderers.clear()
 
 
 def _check_seed(seed: int) -> None:
@@ -74,7 +66,7 @@ class MetaWorldEnv(gym.Env):
         self._env.max_path_length = _NO_PATH_LIMIT
         model = self._env.model
         model.cam_pos[mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, CAMERA)] = CAMERA_POS
-        self._renderers: dict[int, mujoco.Renderer] = {}
+        self._frames = FrameRenderer()
         self.metadata = {**self.metadata, "render_fps": 1.0 / self._env.dt}
         size = self._env.observation_space.shape[0]
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
@@ -96,26 +88,18 @@ class MetaWorldEnv(gym.Env):
         info = {"success": float(info["success"])}
         return obs.astype(np.float32), float(reward), False, False, info
 
-    def render(self, size: int | None = None) -> np.ndarray:
+    def render(self, size: int | None = None, shadows: bool = True) -> np.ndarray:
         """An RGB frame (uint8, size x size, default `render_size`) from TD-MPC2's camera.
 
         MuJoCo returns this camera's view upside down; flipping it gives the frames
         TD-MPC2 saw (mujoco-py returned images bottom row first).
         """
         size = size or self.render_size
-        model, data = self._env.model, self._env.data
-        renderer = self._renderers.get(size)
-        if renderer is None:  # the offscreen buffer is sized by the model: grow it if needed
-            model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
-            model.vis.global_.offheight = max(model.vis.global_.offheight, size)
-            renderer = self._renderers[size] = mujoco.Renderer(model, size, size)
-            if len(self._renderers) == 1:  # registered after the GL display's own exit hook,
-                atexit.register(_close_all, self._renderers)  # so it runs before that one
-        renderer.update_scene(data, camera=CAMERA)
-        return np.ascontiguousarray(renderer.render()[::-1])
+        frame = self._frames.render(self._env.model, self._env.data, size, CAMERA, shadows)
+        return np.ascontiguousarray(frame[::-1])
 
     def close(self) -> None:
-        _close_all(self._renderers)
+        self._frames.close()
         self._env.close()
 
     @property

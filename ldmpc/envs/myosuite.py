@@ -14,7 +14,6 @@ filtered out (anything else it prints passes through) so they do not land in eve
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import io
 import re
@@ -26,11 +25,9 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from ldmpc.envs.render import configure_mujoco_gl
+from ldmpc.envs.render import FrameRenderer, configure_mujoco_gl
 
 configure_mujoco_gl()  # must precede the first mujoco import (it fixes the GL backend)
-
-import mujoco  # noqa: E402
 
 from ldmpc.errors import UserError  # noqa: E402
 
@@ -61,13 +58,6 @@ with _without_banners(_BANNER):
     from myosuite.envs.myo.base_v0 import BaseV0
 
 
-def _close_all(renderers: dict[int, mujoco.Renderer]) -> None:
-    """Free offscreen renderers; at exit this must happen before EGL is terminated."""
-    for renderer in renderers.values():
-        renderer.close()
-    renderers.clear()
-
-
 def _check_seed(seed: int) -> None:
     if not 0 <= seed < 2**32:
         raise UserError(f"seed must be in [0, 2**32) for myosuite, got {seed}")
@@ -94,7 +84,7 @@ class MyoSuiteEnv(gym.Env):
             # its observation bounds are float64; gymnasium warns when casting them to float32
             warnings.filterwarnings("ignore", message=r".*Box (low|high)'s precision lowered")
             self._env = gym.make(env_id, seed=seed).unwrapped
-        self._renderers: dict[int, mujoco.Renderer] = {}
+        self._frames = FrameRenderer()
         self.metadata = {**self.metadata, "render_fps": 1.0 / self._env.dt}
         size = self._env.observation_space.shape[0]
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
@@ -117,22 +107,13 @@ class MyoSuiteEnv(gym.Env):
         info = {"success": float(info["solved"])}
         return np.asarray(obs, dtype=np.float32), float(reward), False, False, info
 
-    def render(self, size: int | None = None) -> np.ndarray:
+    def render(self, size: int | None = None, shadows: bool = True) -> np.ndarray:
         """An RGB frame (uint8, size x size, default `render_size`) from TD-MPC2's camera."""
         size = size or self.render_size
-        model, data = self._env.mj_model, self._env.mj_data
-        renderer = self._renderers.get(size)
-        if renderer is None:  # the offscreen buffer is sized by the model: grow it if needed
-            model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
-            model.vis.global_.offheight = max(model.vis.global_.offheight, size)
-            renderer = self._renderers[size] = mujoco.Renderer(model, size, size)
-            if len(self._renderers) == 1:  # registered after the GL display's own exit hook,
-                atexit.register(_close_all, self._renderers)  # so it runs before that one
-        renderer.update_scene(data, camera=CAMERA)
-        return renderer.render()
+        return self._frames.render(self._env.mj_model, self._env.mj_data, size, CAMERA, shadows)
 
     def close(self) -> None:
-        _close_all(self._renderers)
+        self._frames.close()
         self._env.close()
 
     @property

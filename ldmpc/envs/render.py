@@ -4,15 +4,20 @@ dm_control picks its GL backend once, when it is first imported, from MUJOCO_GL;
 tries GLFW first, which warns on machines without a display. So `configure_mujoco_gl()` must run
 before dm_control is imported. Whether rendering really works is only known by trying, and a
 broken GL driver can segfault, so `rendering_problem()` tries in a child process with a timeout.
+`FrameRenderer` keeps the offscreen renderers of the MuJoCo-based suite adapters.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes.util
 import functools
 import os
 import subprocess
 import sys
+from typing import Any
+
+import numpy as np
 
 _BACKENDS = ("egl", "osmesa")
 # Debian package providing each library that headless rendering loads.
@@ -104,3 +109,45 @@ def rendering_problem() -> str | None:
         else "check the GL driver (libegl1/libosmesa6 are installed)"
     )
     return f"MuJoCo offscreen rendering failed ({'; '.join(reasons)}); {hint}"
+
+
+class FrameRenderer:
+    """Offscreen `mujoco.Renderer`s of one MuJoCo model, one per frame size, made on first use.
+
+    Why cached: a renderer owns a GL context and a copy of the model's meshes and textures, far
+    too costly to build per frame when pixel observations need a frame at every step. Shared by
+    the MuJoCo suite adapters (Meta-World, MyoSuite); `close()` frees them with the env, and at
+    exit before EGL itself is torn down.
+    """
+
+    def __init__(self) -> None:
+        self._renderers: dict[int, Any] = {}
+        self._exit_hook = False
+
+    def render(
+        self, model: Any, data: Any, size: int, camera: int | str, shadows: bool = True
+    ) -> np.ndarray:
+        """An RGB frame (uint8 [size, size, 3]) of `data` seen from `camera`.
+
+        shadows=False skips MuJoCo's shadow-map pass, the bulk of a small frame's cost on a
+        software GL driver (see `ldmpc.envs.pixels`).
+        """
+        configure_mujoco_gl()  # a no-op once the suite module has set the backend
+        import mujoco
+
+        renderer = self._renderers.get(size)
+        if renderer is None:  # the offscreen buffer is sized by the model: grow it if needed
+            model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
+            model.vis.global_.offheight = max(model.vis.global_.offheight, size)
+            renderer = self._renderers[size] = mujoco.Renderer(model, size, size)
+            if not self._exit_hook:  # registered after the GL display's own exit hook,
+                atexit.register(self.close)  # so it runs before that one
+                self._exit_hook = True
+        renderer.update_scene(data, camera=camera)
+        renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = shadows
+        return renderer.render()
+
+    def close(self) -> None:
+        for renderer in self._renderers.values():
+            renderer.close()
+        self._renderers.clear()
