@@ -55,11 +55,20 @@ def test_unwritable_work_dir(tmp_path) -> None:
     assert "not a writable directory" in proc.stderr
 
 
-def test_rgb_is_one_line() -> None:
-    proc = run_cli("train", "obs=rgb")
-    assert proc.returncode == 2
-    assert len(proc.stderr.strip().splitlines()) == 1
-    assert "obs=rgb" in proc.stderr
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        (["obs=rgb"], {"MUJOCO_GL": "bogus"}, "obs=rgb is unavailable on this machine"),
+        (["obs=rgb", "task=myo-reach"], {}, "obs=rgb is not supported for myosuite"),
+        (["obs=depth"], {}, "obs=depth: allowed: state, rgb"),
+    ],
+    ids=["no-renderer", "myosuite", "unknown"],
+)
+def test_rgb_problems_are_one_line(args: list[str], env: dict[str, str], needle: str) -> None:
+    proc = run_cli("train", *args, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert needle in proc.stderr
 
 
 def test_debug_env_shows_traceback() -> None:

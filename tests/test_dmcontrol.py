@@ -180,7 +180,7 @@ def test_vector_env_same_step_autoreset_keeps_final_obs() -> None:
     [
         (lambda: make_env("walker-wlak", 0), "did you mean: walker-walk"),
         (lambda: make_env("mt30", 0), "expected one task"),
-        (lambda: make_env("walker-walk", 0, obs="rgb"), "obs=rgb is not implemented"),
+        (lambda: make_env("walker-walk", 0, obs="depth"), "obs=depth: allowed state, rgb"),
         (lambda: make_vector_env("walker-walk", 0, 0), "num_envs must be >= 1"),
         (lambda: make_env("walker-walk", -1), r"seed must be in \[0, 2\*\*32\)"),
     ],

@@ -21,7 +21,9 @@ from ldmpc.tasks import TaskSpec, resolve_tasks
 if TYPE_CHECKING:
     import gymnasium
 
-OBS_TYPES = ("state",)
+OBS_TYPES = ("state", "rgb")
+# Suites whose adapters render pixel observations, and the renderer each one needs.
+RGB_SUITES = {"dmcontrol": "mujoco", "metaworld": "mujoco", "maniskill2": "sapien"}
 
 
 def _single_task(task: str) -> TaskSpec:
@@ -31,12 +33,31 @@ def _single_task(task: str) -> TaskSpec:
     return specs[0]
 
 
-def make_env(task: str, seed: int, obs: str = "state") -> gymnasium.Env:
-    """One env of a single task: float32 flat obs, actions in [-1, 1], action repeat, and
-    truncation after `episode_length` agent steps. Its first `reset()` uses `seed`."""
-    spec = _single_task(task)
+def _check_obs(spec: TaskSpec, obs: str) -> None:
+    """One-line UserError when `obs` cannot be produced for this task on this machine."""
     if obs not in OBS_TYPES:
-        raise UserError(f"obs={obs} is not implemented yet for {spec.suite} in this version")
+        raise UserError(f"obs={obs}: allowed {', '.join(OBS_TYPES)}")
+    if obs != "rgb":
+        return
+    if spec.suite not in RGB_SUITES:
+        raise UserError(
+            f"obs=rgb is not supported for {spec.suite} tasks such as {spec.name} (TD-MPC2 "
+            f"trains them from state; rgb works for {', '.join(RGB_SUITES)}): use obs=state"
+        )
+    if RGB_SUITES[spec.suite] == "mujoco":
+        from ldmpc.envs.render import rendering_problem
+
+        problem = rendering_problem()  # before the suite import: it may switch EGL -> OSMesa
+        if problem:
+            raise UserError(f"obs=rgb is unavailable on this machine: {problem}")
+
+
+def make_env(task: str, seed: int, obs: str = "state") -> gymnasium.Env:
+    """One env of a single task: actions in [-1, 1], action repeat, and truncation after
+    `episode_length` agent steps. Its first `reset()` uses `seed`. Observations: flat float32
+    (obs=state) or a uint8 stack of 3 frames [9, 64, 64] (obs=rgb, `ldmpc.envs.pixels`)."""
+    spec = _single_task(task)
+    _check_obs(spec, obs)
     if spec.suite == "dmcontrol":
         from ldmpc.envs.dmcontrol import make_dmcontrol_env
 
@@ -57,7 +78,12 @@ def make_env(task: str, seed: int, obs: str = "state") -> gymnasium.Env:
         raise UserError(f"task '{spec.name}' ({spec.suite}) is not yet supported in this version")
     from ldmpc.envs.wrappers import standard_wrappers
 
-    return standard_wrappers(env, spec.action_repeat, spec.episode_length)
+    env = standard_wrappers(env, spec.action_repeat, spec.episode_length)
+    if obs == "rgb":  # outermost: one frame per agent step, not per simulator step
+        from ldmpc.envs.pixels import PixelObservation
+
+        env = PixelObservation(env)
+    return env
 
 
 def make_vector_env(

@@ -94,10 +94,16 @@ class DMControlEnv(gym.Env):
         reward = float(time_step.reward or 0.0)
         return self._flatten(time_step.observation), reward, terminated, truncated, {"success": 0.0}
 
-    def render(self) -> np.ndarray:
-        """An RGB frame (uint8, render_size x render_size) from the domain's default camera."""
+    def render(self, size: int | None = None, shadows: bool = True) -> np.ndarray:
+        """An RGB frame (uint8, size x size, default `render_size`) from the domain's camera.
+
+        dm_control's own renderer, not a cached `mujoco.Renderer`: tasks that change the model's
+        assets at reset (quadruped-escape's terrain) upload them to dm_control's GL context.
+        """
+        size = size or self.render_size
         camera = _CAMERA.get(self.domain, 0)
-        return self._env.physics.render(self.render_size, self.render_size, camera_id=camera)
+        flags = {"shadow": shadows}
+        return self._env.physics.render(size, size, camera_id=camera, render_flag_overrides=flags)
 
     def close(self) -> None:
         self._env.close()

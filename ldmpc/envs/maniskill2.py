@@ -22,6 +22,7 @@ that, or raises a one-line UserError naming what is missing (a missing driver wo
 
 from __future__ import annotations
 
+import copy
 import ctypes.util
 import glob
 import json
@@ -202,6 +203,8 @@ class ManiSkill2Env(gym.Env):
         self.end_on_success = end_on_success
         self._env = _build(env_id, control_mode)
         self._next_seed: int | None = seed
+        self._pixel_cameras: dict[int, Any] = {}  # size -> camera (pixel observations)
+        self._pixel_scene: Any = None
         self.render_mode = "rgb_array"
         self.metadata = {**self.metadata, "render_fps": float(self._env._control_freq)}
         size = int(np.prod(self._env.observation_space.shape))
@@ -233,11 +236,36 @@ class ManiSkill2Env(gym.Env):
     def _flat(obs: np.ndarray) -> np.ndarray:
         return np.asarray(obs, dtype=np.float32).ravel()
 
-    def render(self) -> np.ndarray:
-        """An RGB frame (uint8, 384 x 384) from ManiSkill2's render camera (CPU-rendered: slow)."""
-        return self._env.render()
+    def render(self, size: int | None = None, shadows: bool = True) -> np.ndarray:
+        """An RGB frame (uint8): 384 x 384 from ManiSkill2's render camera (videos), or with
+        `size` a size x size view from its `base_camera`, the viewpoint of ManiSkill2's own
+        image observations (pixel observations). `shadows` is moot: these envs cast none.
+        """
+        if size is None:
+            return self._env.render()
+        camera = self._pixel_camera(size)
+        self._env.update_render()
+        camera.take_picture()
+        rgba = camera.get_images(take_picture=False)["Color"]
+        return (np.clip(rgba[..., :3], 0.0, 1.0) * 255).astype(np.uint8)
+
+    def _pixel_camera(self, size: int) -> Any:
+        """A size x size copy of the base camera, made once per scene (a reconfigure builds a
+        new scene, so cameras of the old one are dropped)."""
+        from mani_skill2.sensors.camera import Camera
+
+        scene = self._env._scene
+        if scene is not self._pixel_scene:
+            self._pixel_cameras, self._pixel_scene = {}, scene
+        if size not in self._pixel_cameras:
+            cfg = copy.copy(self._env._camera_cfgs["base_camera"])
+            cfg.uid, cfg.width, cfg.height = f"ldmpc_pixels_{size}", size, size
+            cfg.texture_names = ("Color",)
+            self._pixel_cameras[size] = Camera(cfg, scene, self._env._renderer_type)
+        return self._pixel_cameras[size]
 
     def close(self) -> None:
+        self._pixel_cameras, self._pixel_scene = {}, None
         self._env.close()
 
 
