@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldmpc.conv_encoder import pixel_encoder
 from ldmpc.math_utils import bounded_log_std, gaussian_logprob, squash, two_hot_inv
 from ldmpc.nets import QEnsemble, SimNorm, mlp, weight_init
 
@@ -40,9 +41,13 @@ class WorldModel(nn.Module):
             # max_norm keeps embeddings on the unit ball as in TD-MPC2.
             self._task_emb = nn.Embedding(len(cfg.tasks), T, max_norm=1)
             self.register_buffer("_action_masks", _action_masks(cfg))
-        obs_dim = int(cfg.obs_shape[0])
-        enc_hidden = max(cfg.num_enc_layers - 1, 1) * [cfg.enc_dim]
-        self._encoder = mlp(obs_dim + T, enc_hidden, L, act=SimNorm(cfg.simnorm_dim))
+        self.pixels = getattr(cfg, "obs", "state") == "rgb"
+        if self.pixels:  # uint8 frame stacks -> conv net (ldmpc.conv_encoder)
+            self._encoder = pixel_encoder(cfg)
+        else:
+            enc_hidden = max(cfg.num_enc_layers - 1, 1) * [cfg.enc_dim]
+            obs_dim = int(cfg.obs_shape[0])
+            self._encoder = mlp(obs_dim + T, enc_hidden, L, act=SimNorm(cfg.simnorm_dim))
         self._dynamics = mlp(L + A + T, 2 * [cfg.mlp_dim], L, act=SimNorm(cfg.simnorm_dim))
         self._reward = mlp(L + A + T, 2 * [cfg.mlp_dim], cfg.num_bins)
         self._pi = mlp(L + T, 2 * [cfg.mlp_dim], 2 * A)
@@ -92,7 +97,9 @@ class WorldModel(nn.Module):
         return self._action_masks[task.long()]
 
     def encode(self, obs: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
-        """Observation [..., obs_dim] -> SimNorm latent [..., L]."""
+        """Observation [..., obs_dim] (obs=rgb: uint8 frames [..., C, H, W]) -> latent [..., L]."""
+        if self.pixels:
+            return self._encoder(obs)
         return self._encoder(self.task_emb(obs, task))
 
     def next(
