@@ -150,8 +150,10 @@ def _finish(part: _Partial, terminated: bool) -> FinishedEpisode:
     reward = np.concatenate(part.reward)
     term = np.zeros(len(reward), bool)
     term[-1] = terminated
+    obs = np.concatenate(part.obs)
     data = {
-        "obs": np.concatenate(part.obs).astype(np.float32, copy=False),
+        # float states as float32 (some suites emit float64); uint8 pixels stay uint8
+        "obs": obs.astype(np.float32, copy=False) if obs.dtype.kind == "f" else obs,
         "action": np.concatenate(part.action),
         "reward": reward,
         "terminated": term,

@@ -157,7 +157,12 @@ class LdmpcAlgorithm(Algorithm):
         OmegaConf.set_readonly(self.cfg, True)
         cfg = self.cfg
         self.replay = EpisodeReplay(
-            cfg.buffer_size, cfg.horizon, tuple(cfg.obs_shape), cfg.action_dim, seed=cfg.seed
+            cfg.buffer_size,
+            cfg.horizon,
+            tuple(cfg.obs_shape),
+            cfg.action_dim,
+            seed=cfg.seed,
+            obs_dtype=np.uint8 if cfg.obs == "rgb" else np.float32,  # pixels stay uint8
         )
         self.stitcher = EpisodeStitcher()
         self.counters = Counters()
