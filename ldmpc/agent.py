@@ -40,10 +40,13 @@ class Agent:
         m, lr = self.model, self.cfg.lr
         wm_groups = [
             {"params": list(m._encoder.parameters()), "lr": lr * self.cfg.enc_lr_scale},
-            {"params": [*m._dynamics.parameters(), *m._reward.parameters(), *m._Qs.parameters()]},
+            {"params": [*m._reward.parameters(), *m._Qs.parameters()]},
         ]
         if self.model.multitask:
             wm_groups.append({"params": list(m._task_emb.parameters())})
+        for name in ("_dynamics", "_diff_dynamics", "_proposals"):  # whichever exist
+            if getattr(m, name, None) is not None:
+                wm_groups.append({"params": list(getattr(m, name).parameters())})
         fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {}
         self.optim = torch.optim.Adam(wm_groups, lr=lr, **fused)
         self.pi_optim = torch.optim.Adam(m._pi.parameters(), lr=lr, eps=1e-5, **fused)

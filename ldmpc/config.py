@@ -32,9 +32,9 @@ MODEL_SIZES: dict[int, dict[str, int]] = {
 
 # Values of the extension switches that exist today; others are rejected with a clear line.
 IMPLEMENTED = {
-    "dynamics": ("mlp",),
-    "proposal": ("policy",),
-    "planner": ("mppi",),
+    "dynamics": ("mlp", "diffusion"),
+    "proposal": ("policy", "diffusion", "both"),
+    "planner": ("mppi", "ssr"),
     "obs": ("state", "rgb"),
 }
 ALLOWED = {
@@ -120,6 +120,12 @@ class Config:
     dynamics: str = _f("mlp", "latent dynamics: mlp | diffusion")
     proposal: str = _f("policy", "planner proposals: policy | diffusion | both")
     planner: str = _f("mppi", "planner: mppi | ssr (sample-score-rank)")
+    num_diffusion_proposals: int = _f(32, "diffusion action proposals per env and decision")
+    diffusion_steps: int = _f(1, "deterministic sampler steps of both denoisers (1-3)")
+    diffusion_sampler: str = _f("euler", "diffusion sampler: euler (DDIM) | heun")
+    diffusion_target: str = _f("v", "denoiser output: v | x0 (EDM preconditioning)")
+    diffusion_coef: float = _f(1.0, "weight of the dynamics denoising loss (dynamics=diffusion)")
+    proposal_coef: float = _f(1.0, "weight of the proposal denoising loss (diffusion proposals)")
     # runtime
     device: str = _f("auto", "torch device: auto | cpu | cuda | cuda:N")
     num_envs: int = _f(1, "envs per env runner, planned in one batched call")
@@ -278,6 +284,7 @@ RANGE_RULES: list[tuple[Callable[[Any], bool], str, tuple[str, ...]]] = [
             "num_envs",
             "simnorm_dim",
             "num_channels",
+            "diffusion_steps",
         ),
     ),
     (
@@ -292,6 +299,9 @@ RANGE_RULES: list[tuple[Callable[[Any], bool], str, tuple[str, ...]]] = [
             "seed_steps",
             "num_env_runners",
             "num_learners",
+            "num_diffusion_proposals",
+            "diffusion_coef",
+            "proposal_coef",
         ),
     ),
     (
@@ -367,6 +377,7 @@ def validate(cfg: DictConfig) -> None:
                 f"{key}={value} is not implemented yet in this version "
                 f"(available: {', '.join(IMPLEMENTED[key])})"
             )
+    _validate_diffusion(cfg)
     if cfg.num_env_runners or cfg.num_learners:
         raise UserError(
             "num_env_runners/num_learners > 0 (distributed mode) is not implemented "
@@ -377,6 +388,44 @@ def validate(cfg: DictConfig) -> None:
     from ldmpc.tasks import resolve_tasks  # local: tasks imports nothing heavy, but keep order
 
     resolve_tasks(cfg.task)
+
+
+def _validate_diffusion(cfg: DictConfig) -> None:
+    """The diffusion switches must form a planner with candidates to score."""
+    _check(
+        cfg.diffusion_sampler in ("euler", "heun"),
+        "diffusion_sampler",
+        cfg.diffusion_sampler,
+        "allowed: euler, heun",
+    )
+    _check(
+        cfg.diffusion_target in ("v", "x0"),
+        "diffusion_target",
+        cfg.diffusion_target,
+        "allowed: v, x0",
+    )
+    proposals = cfg.proposal in ("diffusion", "both")
+    if cfg.planner == "ssr" and not proposals:
+        raise UserError(
+            f"planner=ssr ranks diffusion proposals, but proposal={cfg.proposal} draws none: "
+            "set proposal=diffusion or proposal=both"
+        )
+    if proposals:
+        _check(
+            cfg.num_diffusion_proposals >= 1,
+            "num_diffusion_proposals",
+            cfg.num_diffusion_proposals,
+            f"must be >= 1 with proposal={cfg.proposal}",
+        )
+    if cfg.planner == "mppi":
+        pool = cfg.num_pi_trajs * (cfg.proposal != "diffusion")
+        pool += cfg.num_diffusion_proposals * proposals
+        _check(
+            pool <= cfg.num_samples,
+            "num_samples",
+            cfg.num_samples,
+            f"must be >= the policy + diffusion candidates (= {pool}) with planner=mppi",
+        )
 
 
 def discount_heuristic(episode_length: int, denom: float, lo: float, hi: float) -> float:

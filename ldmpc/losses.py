@@ -86,12 +86,15 @@ def world_model_loss(
         td = td_target(model, next_z, reward, terminated, cfg, task)
 
     z = model.encode(obs[0], task)
-    zs = [z]
-    for t in range(H):
-        z = model.next(z, action[t], task)
-        zs.append(z)
-    zs_t = torch.stack(zs)  # [H+1, B, L]
     rho = _rho_weights(cfg, H, reward)
+    if model.diffusion_dynamics:
+        zs_t, diffusion = _diffusion_rollout(model, z, action, next_z, rho, task)
+    else:
+        zs = [z]
+        for t in range(H):
+            z = model.next(z, action[t], task)
+            zs.append(z)
+        zs_t = torch.stack(zs)  # [H+1, B, L]
 
     # Per-step means first, then the rho-weighted sum over steps, normalised by H (as TD-MPC2).
     consistency = (F.mse_loss(zs_t[1:], next_z, reduction="none").mean(dim=(1, 2)) * rho).sum()
@@ -111,9 +114,46 @@ def world_model_loss(
         "consistency_loss": consistency.detach(),
         "reward_loss": reward_loss.detach(),
         "value_loss": value_loss.detach(),
-        "wm_loss": loss.detach(),
     }
+    if model.diffusion_dynamics:
+        loss = loss + cfg.diffusion_coef * diffusion
+        metrics["diffusion_loss"] = diffusion.detach()
+    metrics["wm_loss"] = loss.detach()
     return loss, metrics, zs_t
+
+
+def _diffusion_rollout(
+    model: Any,
+    z: torch.Tensor,
+    action: torch.Tensor,
+    next_z: torch.Tensor,
+    rho: torch.Tensor,
+    task: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """dynamics=diffusion: the latents z_1..z_H the planner would generate (one sampler pass
+    from fresh noise, with gradient: consistency, reward and value losses read them exactly as
+    they read the mlp rollout) and the denoising loss against the encoder targets next_z.
+
+    Returns (zs [H+1, B, L], denoising loss). Both terms train the denoiser and, through z_0,
+    the encoder.
+    """
+    cond = model.task_emb(z, task)
+    acts = action.transpose(0, 1)  # [B, H, A]
+    noise = torch.randn(*acts.shape[:-1], z.shape[-1], device=z.device, dtype=z.dtype)
+    dyn = model._diff_dynamics
+    generated = dyn.generate(cond, acts, noise)  # [B, H, L]
+    diffusion = dyn.loss(cond, acts, next_z.transpose(0, 1), token_weight=rho)
+    return torch.cat([z.unsqueeze(0), generated.transpose(0, 1)]), diffusion
+
+
+def proposal_loss(
+    model: Any, z: torch.Tensor, batch: Batch, cfg: Any
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Denoising loss of the diffusion action proposals on the replayed action sequences,
+    conditioned on the detached first latent z [B, L]."""
+    cond = model.task_emb(z.detach(), batch.get("task"))
+    loss = model._proposals.loss(cond, batch["action"].transpose(0, 1))
+    return cfg.proposal_coef * loss, {"proposal_loss": loss.detach()}
 
 
 def _bins(cfg: Any) -> tuple[int, float, float]:
@@ -160,4 +200,8 @@ def total_loss(
     wm, metrics, zs = world_model_loss(model, batch, cfg)
     pi, pi_metrics, new_scale = policy_loss(model, zs, cfg, scale, batch.get("task"))
     loss = wm + pi
+    if model.diffusion_proposals:
+        prop, prop_metrics = proposal_loss(model, zs[0], batch, cfg)
+        loss = loss + prop
+        metrics.update(prop_metrics)
     return loss, {**metrics, **pi_metrics, "total_loss": loss.detach()}, new_scale

@@ -25,9 +25,12 @@ from ldmpc.math_utils import two_hot_inv
 class PlanNoise:
     """Pre-drawn randomness of one planning decision for E envs.
 
-    pi_eps [E, P, H, A]: policy-prior trajectories; act [I, E, N-P, H, A]: Gaussian candidates;
+    pi_eps [E, P, H, A]: policy-prior trajectories; act [I, E, G, H, A]: Gaussian candidates;
     term_eps [I, E, N, A]: policy action at the end of the horizon; heads [I, 2]: Q heads
-    averaged per iteration (shared by envs); gumbel [E, K]: elite choice; final [E, A]: exploration.
+    averaged per iteration (shared by envs); gumbel [E, K]: elite choice; final [E, A]: exploration;
+    dyn [E, 1, H, L]: diffusion dynamics (one draw per env, shared by its candidates and
+    iterations; [E, 1, 0, 0] with mlp dynamics); prop [E, D, H, A]: diffusion proposals.
+    (P, D, G) = `pool_sizes(cfg)`, N = P + D + G.
     """
 
     pi_eps: torch.Tensor
@@ -36,6 +39,8 @@ class PlanNoise:
     heads: torch.Tensor
     gumbel: torch.Tensor
     final: torch.Tensor
+    dyn: torch.Tensor
+    prop: torch.Tensor
 
     def select(self, idx: int | slice | torch.Tensor) -> PlanNoise:
         """The noise of a subset of envs (same values as in the batched draw)."""
@@ -48,12 +53,15 @@ class PlanNoise:
             heads=self.heads,
             gumbel=self.gumbel[idx],
             final=self.final[idx],
+            dyn=self.dyn[idx],
+            prop=self.prop[idx],
         )
 
     @staticmethod
     def cat(parts: list[PlanNoise]) -> PlanNoise:
         """Join per-env noise (e.g. drawn from per-env generators); heads come from the first."""
-        env_dim = {"pi_eps": 0, "act": 1, "term_eps": 1, "gumbel": 0, "final": 0}
+        env_dim = {"pi_eps": 0, "act": 1, "term_eps": 1, "gumbel": 0, "final": 0, "dyn": 0}
+        env_dim["prop"] = 0
         out = {k: torch.cat([getattr(p, k) for p in parts], dim=d) for k, d in env_dim.items()}
         return PlanNoise(heads=parts[0].heads, **out)
 
@@ -61,38 +69,64 @@ class PlanNoise:
         return [getattr(self, f.name) for f in fields(self)]
 
 
+def pool_sizes(cfg: Any) -> tuple[int, int, int]:
+    """Candidates per env and iteration: (P policy-prior trajectories, D diffusion proposals,
+    G Gaussian samples). MPPI fills `num_samples` with Gaussians; ssr scores P + D only."""
+    proposal = getattr(cfg, "proposal", "policy")
+    P = cfg.num_pi_trajs if proposal != "diffusion" else 0
+    D = cfg.num_diffusion_proposals if proposal in ("diffusion", "both") else 0
+    G = cfg.num_samples - P - D if getattr(cfg, "planner", "mppi") == "mppi" else 0
+    return P, D, G
+
+
+def plan_iterations(cfg: Any) -> int:
+    return cfg.iterations if getattr(cfg, "planner", "mppi") == "mppi" else 1
+
+
 def sample_noise(
     cfg: Any, num_envs: int, device: torch.device | str, generator: torch.Generator | None = None
 ) -> PlanNoise:
     """Draw all randomness of one decision for `num_envs` envs from `generator`."""
-    E, It, N, P, K = num_envs, cfg.iterations, cfg.num_samples, cfg.num_pi_trajs, cfg.num_elites
-    H, A = cfg.horizon, cfg.action_dim
+    E, It, K = num_envs, plan_iterations(cfg), cfg.num_elites
+    (P, D, G), H, A = pool_sizes(cfg), cfg.horizon, cfg.action_dim
     kw = {"device": device, "generator": generator}
     heads = torch.rand(It, cfg.num_q, **kw).argsort(dim=-1)[:, :2]
     uniform = torch.rand(E, K, **kw).clamp_(1e-20, 1.0 - 1e-7)
+    diffusion = getattr(cfg, "dynamics", "mlp") == "diffusion"
     return PlanNoise(
         pi_eps=torch.randn(E, P, H, A, **kw),
-        act=torch.randn(It, E, N - P, H, A, **kw),
-        term_eps=torch.randn(It, E, N, A, **kw),
+        act=torch.randn(It, E, G, H, A, **kw),
+        term_eps=torch.randn(It, E, P + D + G, A, **kw),
         heads=heads,
         gumbel=-torch.log(-torch.log(uniform)),
         final=torch.randn(E, A, **kw),
+        # drawn last, so mlp-dynamics decisions keep the random stream they always had
+        dyn=torch.randn(E, 1, H if diffusion else 0, cfg.latent_dim if diffusion else 0, **kw),
+        prop=torch.randn(E, D, H, A, **kw),
     )
 
 
 def model_evals_per_decision(cfg: Any) -> dict[str, int]:
     """Analytic count of world-model rows evaluated per env per decision, by head.
 
-    `dynamics` is the headline number a benchmark reports as "model evaluations". Policy
-    trajectories are generated (P x (H-1) dynamics rows) and rolled out once (P x H), Gaussian
-    candidates in every iteration.
+    `dynamics` is the headline number a benchmark reports as "model evaluations": latent
+    transitions predicted. Policy trajectories are generated (P x (H-1) transitions) and rolled
+    out once with the proposals (P + D) x H, Gaussian candidates in every iteration. Diffusion
+    dynamics predict H transitions per candidate with each of `diffusion_steps` denoiser calls,
+    so they count steps x H; `proposal` counts the proposal denoiser's action tokens.
     """
-    It, N, P, H = cfg.iterations, cfg.num_samples, cfg.num_pi_trajs, cfg.horizon
+    It, (P, D, G), H = plan_iterations(cfg), pool_sizes(cfg), cfg.horizon
+    per_step = 1
+    gen_pi = P * (H - 1)
+    if getattr(cfg, "dynamics", "mlp") == "diffusion":
+        per_step = cfg.diffusion_steps
+        gen_pi = P * (H * (H - 1) // 2)  # autoregressive: prefixes of 1..H-1 tokens
     return {
-        "dynamics": P * (H - 1) + P * H + It * (N - P) * H,
-        "reward": P * H + It * (N - P) * H,
-        "pi": P * H + It * N,
-        "q_heads": It * N * 2,
+        "dynamics": per_step * (gen_pi + (P + D) * H + It * G * H),
+        "reward": (P + D) * H + It * G * H,
+        "pi": P * H + It * (P + D + G),
+        "q_heads": It * (P + D + G) * 2,
+        "proposal": D * H * (cfg.diffusion_steps if D else 0),
     }
 
 
@@ -112,12 +146,20 @@ def warm_start(
 
 @torch.no_grad()
 def rollout(
-    model: Any, z: torch.Tensor, actions: torch.Tensor, cfg: Any, task: torch.Tensor | None = None
+    model: Any,
+    z: torch.Tensor,
+    actions: torch.Tensor,
+    cfg: Any,
+    task: torch.Tensor | None = None,
+    dyn_noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Discounted model return [E, N, 1] of action sequences and the final latents [E, N, L].
 
-    z [E, 1, L] (each env's latent, broadcast over its N candidates), actions [E, N, H, A].
+    z [E, 1, L] (each env's latent, broadcast over its N candidates), actions [E, N, H, A];
+    dyn_noise [E, 1, H, L]: the pre-drawn noise of diffusion dynamics (unused with mlp).
     """
+    if getattr(model, "diffusion_dynamics", False):
+        return _diffusion_rollout(model, z, actions, cfg, task, dyn_noise)
     fused = getattr(model, "next_and_reward", None)
     if fused is None:  # duck-typed models: plain next/reward on explicitly repeated latents
         z = z.expand(*actions.shape[:2], z.shape[-1])
@@ -133,6 +175,27 @@ def rollout(
         G = G + discount * two_hot_inv(logits, cfg.num_bins, cfg.vmin, cfg.vmax)
         discount = discount * cfg.discount
     return G, z.expand(*actions.shape[:2], z.shape[-1])
+
+
+def _diffusion_rollout(
+    model: Any,
+    z: torch.Tensor,
+    actions: torch.Tensor,
+    cfg: Any,
+    task: torch.Tensor | None,
+    dyn_noise: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rollout` with diffusion dynamics: all H latents in one sampler pass, then the reward
+    head on every (z_t, a_t) pair at once."""
+    if dyn_noise is None:
+        raise ValueError("diffusion dynamics need pre-drawn noise (PlanNoise.dyn)")
+    zs = model.generate(z, actions, dyn_noise, task)  # [E, N, H, L]
+    E, N, H = actions.shape[:3]
+    z_in = torch.cat([z.expand(E, N, -1).unsqueeze(2), zs[:, :, :-1]], dim=2)  # z_0..z_{H-1}
+    task_t = task.unsqueeze(-1) if task is not None else None  # [E, 1] -> [E, 1, 1]
+    r = two_hot_inv(model.reward(z_in, actions, task_t), cfg.num_bins, cfg.vmin, cfg.vmax)
+    discounts = cfg.discount ** torch.arange(H, device=z.device, dtype=z.dtype)
+    return (r.squeeze(-1) * discounts).sum(-1, keepdim=True), zs[:, :, -1]
 
 
 @torch.no_grad()
@@ -167,43 +230,72 @@ def _env_chunks(num_envs: int, rows_per_env: int, device: torch.device) -> list[
 def _candidate_values(
     model: Any,
     z: torch.Tensor,
-    pi_rollout: tuple[torch.Tensor, torch.Tensor],
+    fixed_rollout: tuple[torch.Tensor, torch.Tensor],
     sampled: torch.Tensor,
     term_eps: torch.Tensor,
     heads: torch.Tensor,
     cfg: Any,
     task: torch.Tensor | None,
+    dyn_noise: torch.Tensor,
 ) -> torch.Tensor:
-    """Values [E, N] of [policy trajectories, sampled] candidates.
+    """Values [E, N] of [fixed (policy trajectories, proposals), sampled] candidates.
 
-    The policy trajectories' rollout is the same in every iteration (same actions, no model
+    The fixed candidates' rollout is the same in every iteration (same actions, same model
     noise), so it is computed once per decision; only their bootstrap is redrawn (TD-MPC2
     recomputes it all, with identical results).
     """
     out = []
     for sl in _env_chunks(z.shape[0], term_eps.shape[1], z.device):
         t = task[sl] if task is not None else None
-        G, z_H = rollout(model, z[sl], sampled[sl], cfg, t)
-        G = torch.cat([pi_rollout[0][sl], G], dim=1)
-        z_H = torch.cat([pi_rollout[1][sl], z_H], dim=1)
+        G, z_H = rollout(model, z[sl], sampled[sl], cfg, t, dyn_noise[sl])
+        G = torch.cat([fixed_rollout[0][sl], G], dim=1)
+        z_H = torch.cat([fixed_rollout[1][sl], z_H], dim=1)
         out.append(bootstrap(model, G, z_H, term_eps[sl], heads, cfg, t))
     return torch.cat(out).squeeze(-1).nan_to_num(0.0)
 
 
 @torch.no_grad()
 def policy_trajectories(
-    model: Any, z: torch.Tensor, pi_eps: torch.Tensor, cfg: Any, task: torch.Tensor | None
+    model: Any,
+    z: torch.Tensor,
+    pi_eps: torch.Tensor,
+    cfg: Any,
+    task: torch.Tensor | None,
+    dyn_noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Roll the policy prior through the model: [E, P, H, A] candidate action sequences."""
+    """Roll the policy prior through the model: [E, P, H, A] candidate action sequences.
+
+    With diffusion dynamics the causal denoiser is re-run on the growing action prefix, so
+    z_{t+1} is exactly the latent the full-sequence rollout will give (same noise)."""
     P = pi_eps.shape[1]
-    zp = z.unsqueeze(1).expand(-1, P, -1)
+    z0 = z.unsqueeze(1).expand(-1, P, -1)
+    zp = z0
+    diffusion = getattr(model, "diffusion_dynamics", False)
     acts = []
     for t in range(cfg.horizon):
         a, _ = model.pi(zp, task, eps=pi_eps[:, :, t])
         acts.append(a)
         if t < cfg.horizon - 1:
-            zp = model.next(zp, a, task)
+            if diffusion:
+                zp = model.generate(z0, torch.stack(acts, dim=2), dyn_noise, task)[:, :, -1]
+            else:
+                zp = model.next(zp, a, task)
     return torch.stack(acts, dim=2)
+
+
+def _fixed_candidates(
+    model: Any, z: torch.Tensor, noise: PlanNoise, cfg: Any, task: torch.Tensor | None
+) -> torch.Tensor:
+    """The candidates that do not depend on the MPPI mean: policy-prior trajectories and
+    diffusion proposals, [E, P + D, H, A] (P or D may be 0)."""
+    parts = []
+    if noise.pi_eps.shape[1]:
+        parts.append(policy_trajectories(model, z, noise.pi_eps, cfg, task, noise.dyn))
+    if noise.prop.shape[1]:
+        parts.append(model.propose(z.unsqueeze(1), noise.prop, task))
+    if not parts:
+        return noise.prop  # [E, 0, H, A]
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
 
 @torch.no_grad()
@@ -231,11 +323,13 @@ def plan(
     task_n = task.unsqueeze(1) if task is not None else None  # broadcast over samples
     mask = action_mask[:, None, None, :] if action_mask is not None else None  # [E, 1, 1, A]
 
-    pi_actions = policy_trajectories(model, z, noise.pi_eps, cfg, task_n)  # [E, P, H, A]
+    fixed = _fixed_candidates(model, z, noise, cfg, task_n)  # [E, P + D, H, A]
     if mask is not None:
-        pi_actions = pi_actions * mask
+        fixed = fixed * mask
     zs = z.unsqueeze(1)  # [E, 1, L]: broadcast over samples inside the model
-    pi_rollout = rollout(model, zs, pi_actions, cfg, task_n)
+    fixed_rollout = rollout(model, zs, fixed, cfg, task_n, noise.dyn)
+    if getattr(cfg, "planner", "mppi") == "ssr":
+        return _rank(model, fixed, fixed_rollout, noise, cfg, eval_mode, task_n, action_mask)
     mean = warm_start(prev_mean, is_first, cfg, z)
     std = torch.full_like(mean, cfg.max_std)
     for i in range(cfg.iterations):
@@ -243,9 +337,17 @@ def plan(
         if mask is not None:
             sampled = sampled * mask
         value = _candidate_values(
-            model, zs, pi_rollout, sampled, noise.term_eps[i], noise.heads[i], cfg, task_n
+            model,
+            zs,
+            fixed_rollout,
+            sampled,
+            noise.term_eps[i],
+            noise.heads[i],
+            cfg,
+            task_n,
+            noise.dyn,
         )  # [E, N]
-        actions = torch.cat([pi_actions, sampled], dim=1)  # [E, N, H, A]
+        actions = torch.cat([fixed, sampled], dim=1)  # [E, N, H, A]
         elite_value, elite_idx = torch.topk(value, cfg.num_elites, dim=1)
         elites = actions.gather(1, elite_idx[:, :, None, None].expand(-1, -1, *actions.shape[2:]))
         score = torch.softmax(cfg.temperature * elite_value, dim=1)  # [E, K]
@@ -266,3 +368,32 @@ def plan(
     if action_mask is not None:
         action = action * action_mask
     return action, mean
+
+
+def _rank(
+    model: Any,
+    candidates: torch.Tensor,
+    cand_rollout: tuple[torch.Tensor, torch.Tensor],
+    noise: PlanNoise,
+    cfg: Any,
+    eval_mode: bool,
+    task: torch.Tensor | None,
+    action_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """planner=ssr: score every candidate once and execute the best one's first action (no
+    MPPI refit). Exploration adds min_std Gaussian noise; the returned "mean" is the chosen
+    sequence (ssr keeps no warm start, but the state has the same shape as MPPI's)."""
+    value = (
+        bootstrap(model, *cand_rollout, noise.term_eps[0], noise.heads[0], cfg, task)
+        .squeeze(-1)
+        .nan_to_num(0.0)
+    )  # [E, P + D]
+    best = value.argmax(dim=1)
+    seq = candidates[torch.arange(candidates.shape[0], device=value.device), best]  # [E, H, A]
+    action = seq[:, 0]
+    if not eval_mode:
+        action = action + cfg.min_std * noise.final
+    action = action.clamp(-1, 1)
+    if action_mask is not None:
+        action = action * action_mask
+    return action, seq

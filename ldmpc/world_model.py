@@ -48,11 +48,26 @@ class WorldModel(nn.Module):
             enc_hidden = max(cfg.num_enc_layers - 1, 1) * [cfg.enc_dim]
             obs_dim = int(cfg.obs_shape[0])
             self._encoder = mlp(obs_dim + T, enc_hidden, L, act=SimNorm(cfg.simnorm_dim))
-        self._dynamics = mlp(L + A + T, 2 * [cfg.mlp_dim], L, act=SimNorm(cfg.simnorm_dim))
+        self._dynamics = (  # dynamics=diffusion replaces it (below)
+            mlp(L + A + T, 2 * [cfg.mlp_dim], L, act=SimNorm(cfg.simnorm_dim))
+            if cfg.dynamics == "mlp"
+            else None
+        )
         self._reward = mlp(L + A + T, 2 * [cfg.mlp_dim], cfg.num_bins)
         self._pi = mlp(L + T, 2 * [cfg.mlp_dim], 2 * A)
         self._Qs = QEnsemble(cfg.num_q, L + A + T, 2 * [cfg.mlp_dim], cfg.num_bins, cfg.dropout)
         self.apply(weight_init)
+        # Diffusion parts (DESIGN.md §3.2), built only when switched on; own inits (adaLN-zero).
+        self.diffusion_dynamics = cfg.dynamics == "diffusion"
+        self.diffusion_proposals = cfg.proposal in ("diffusion", "both")
+        if self.diffusion_dynamics:
+            from ldmpc.diffusion.latent_dynamics import DiffusionDynamics
+
+            self._diff_dynamics = DiffusionDynamics(cfg, cond_extra=T)
+        if self.diffusion_proposals:
+            from ldmpc.diffusion.action_proposals import ActionProposals
+
+            self._proposals = ActionProposals(cfg, cond_extra=T)
         # Zero-init outputs of reward and Q: predictions start at exactly 0 (uniform logits).
         with torch.no_grad():
             self._reward[-1].weight.zero_()
@@ -107,6 +122,23 @@ class WorldModel(nn.Module):
     ) -> torch.Tensor:
         """Latent dynamics: (z, a) -> next latent."""
         return self._dynamics(torch.cat([self.task_emb(z, task), a], dim=-1))
+
+    def generate(
+        self,
+        z: torch.Tensor,
+        actions: torch.Tensor,
+        noise: torch.Tensor,
+        task: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Diffusion dynamics: z [..., L] + actions [..., T, A] -> latents z_1..z_T [..., T, L]
+        (noise [..., H, L] pre-drawn; see `DiffusionDynamics.generate`)."""
+        return self._diff_dynamics.generate(self.task_emb(z, task), actions, noise)
+
+    def propose(
+        self, z: torch.Tensor, noise: torch.Tensor, task: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Diffusion action proposals: z [E, 1, L], noise [E, P, H, A] -> [E, P, H, A]."""
+        return self._proposals.generate(self.task_emb(z, task), noise)
 
     def reward(
         self, z: torch.Tensor, a: torch.Tensor, task: torch.Tensor | None = None

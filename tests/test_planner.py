@@ -178,8 +178,17 @@ def test_cached_policy_rollout_equals_full_value_estimate() -> None:
     sampled = torch.rand(E, N - P, cfg.horizon, 2) * 2 - 1
     term_eps = torch.randn(E, N, 2)
     heads = torch.tensor([1, 0])
+    no_dyn_noise = torch.zeros(E, 1, 0, 0)  # mlp dynamics draw no model noise
     cached = _candidate_values(
-        model, z, rollout(model, z, pi_actions, cfg), sampled, term_eps, heads, cfg, None
+        model,
+        z,
+        rollout(model, z, pi_actions, cfg),
+        sampled,
+        term_eps,
+        heads,
+        cfg,
+        None,
+        no_dyn_noise,
     )
     G, z_H = rollout(model, z, torch.cat([pi_actions, sampled], 1), cfg)  # the plain estimate
     full = bootstrap(model, G, z_H, term_eps, heads, cfg)

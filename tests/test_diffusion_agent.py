@@ -1,0 +1,215 @@
+"""The diffusion switches wired into the agent: config checks, planning with diffusion dynamics
+and proposals (batched == per env, causal prefix rollouts, ssr ranking), learning on a fixed
+batch, state round trip, and a real `ldmpc train` run with every switch on."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ldmpc import config
+from ldmpc.agent import Agent
+from ldmpc.errors import UserError
+from ldmpc.planner import (
+    model_evals_per_decision,
+    plan,
+    policy_trajectories,
+    pool_sizes,
+    rollout,
+    sample_noise,
+)
+from ldmpc.world_model import WorldModel
+
+TINY = [
+    "model_size=1", "mlp_dim=64", "latent_dim=32", "enc_dim=64", "num_samples=32",
+    "num_elites=4", "num_pi_trajs=4", "num_diffusion_proposals=6", "iterations=2",
+    "batch_size=16",
+]  # fmt: skip
+ALL_ON = ["dynamics=diffusion", "proposal=both"]
+
+
+def make_cfg(*overrides: str) -> Any:
+    return config.derive(config.parse([*TINY, *overrides]), (5,), 2)
+
+
+def random_model(cfg: Any) -> WorldModel:
+    """Non-trivial outputs everywhere: the real init zeroes reward, Q and denoiser outputs."""
+    torch.manual_seed(0)
+    model = WorldModel(cfg).eval()
+    with torch.no_grad():
+        model._reward[-1].weight.normal_(0, 0.5)
+        model._Qs.last_weight.normal_(0, 0.5)
+        for name in ("_diff_dynamics", "_proposals"):
+            if hasattr(model, name):
+                for p in getattr(model, name).parameters():
+                    p.normal_(0, 0.05)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["planner=ssr"], "planner=ssr ranks diffusion proposals"),
+        (["proposal=diffusion", "num_diffusion_proposals=0"], "num_diffusion_proposals=0"),
+        (["dynamics=diffusion", "diffusion_steps=0"], "diffusion_steps=0"),
+        (["proposal=both", "num_samples=8", "num_elites=4"], "num_samples=8"),
+        (["diffusion_target=eps"], "allowed: v, x0"),
+        (["diffusion_sampler=ddpm"], "allowed: euler, heun"),
+    ],
+)
+def test_invalid_combinations_are_one_line_errors(overrides: list[str], message: str) -> None:
+    with pytest.raises(UserError, match=message) as err:
+        make_cfg(*overrides)
+    assert "\n" not in str(err.value)
+
+
+def test_pool_sizes_and_model_evals() -> None:
+    assert pool_sizes(make_cfg()) == (4, 0, 28)
+    assert pool_sizes(make_cfg("proposal=diffusion")) == (0, 6, 26)
+    assert pool_sizes(make_cfg("proposal=both")) == (4, 6, 22)
+    assert pool_sizes(make_cfg("proposal=diffusion", "planner=ssr")) == (0, 6, 0)
+    ssr = model_evals_per_decision(make_cfg("proposal=diffusion", "planner=ssr"))
+    mppi = model_evals_per_decision(make_cfg())
+    assert ssr["dynamics"] == 6 * 3 and mppi["dynamics"] == 4 * 2 + 4 * 3 + 2 * 28 * 3
+    two = model_evals_per_decision(make_cfg("dynamics=diffusion", "diffusion_steps=2"))
+    assert two["dynamics"] == 2 * (4 * 3 + 4 * 3 + 2 * 28 * 3)  # prefixes 1+2 tokens per pi traj
+
+
+def test_diffusion_rollout_is_causal_and_policy_prefixes_match_the_full_rollout() -> None:
+    cfg = make_cfg(*ALL_ON)
+    model = random_model(cfg)
+    E, P = 2, cfg.num_pi_trajs
+    noise = sample_noise(cfg, E, "cpu", torch.Generator().manual_seed(0))
+    z = model.encode(torch.randn(E, 5))
+    acts = policy_trajectories(model, z, noise.pi_eps, cfg, None, noise.dyn)  # [E, P, H, A]
+    full = model.generate(z.unsqueeze(1), acts, noise.dyn)  # [E, P, H, L]
+    for t in range(1, cfg.horizon):  # a prefix of t actions gives the first t latents
+        prefix = model.generate(z.unsqueeze(1), acts[:, :, :t], noise.dyn)
+        torch.testing.assert_close(prefix, full[:, :, :t], atol=1e-5, rtol=1e-5)
+    groups = full.unflatten(-1, (-1, cfg.simnorm_dim))
+    assert (groups >= 0).all() and torch.allclose(groups.sum(-1), torch.ones(()), atol=1e-5)
+    G, z_H = rollout(model, z.unsqueeze(1), acts, cfg, None, noise.dyn)
+    assert G.shape == (E, P, 1) and torch.equal(z_H, full[:, :, -1])
+
+
+@pytest.mark.parametrize("planner", ["mppi", "ssr"])
+def test_batched_plan_equals_per_env_plans(planner: str) -> None:
+    cfg = make_cfg(*ALL_ON, f"planner={planner}")
+    model = random_model(cfg)
+    E = 3
+    z = model.encode(torch.randn(E, 5))
+    noise = sample_noise(cfg, E, "cpu", torch.Generator().manual_seed(1))
+    first = torch.ones(E, dtype=torch.bool)
+    action, mean = plan(model, z, None, first, cfg, noise=noise)
+    for e in range(E):
+        a_e, m_e = plan(model, z[e : e + 1], None, first[e : e + 1], cfg, noise=noise.select(e))
+        torch.testing.assert_close(a_e, action[e : e + 1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(m_e, mean[e : e + 1], atol=1e-5, rtol=1e-5)
+    assert action.shape == (E, 2) and action.abs().max() <= 1
+
+
+def test_ssr_executes_the_best_scored_candidate() -> None:
+    from ldmpc.planner import _fixed_candidates, bootstrap
+
+    cfg = make_cfg("proposal=both", "planner=ssr")
+    model = random_model(cfg)
+    z = model.encode(torch.randn(2, 5))
+    noise = sample_noise(cfg, 2, "cpu", torch.Generator().manual_seed(2))
+    action, seq = plan(model, z, None, torch.ones(2, dtype=torch.bool), cfg, True, noise)
+    cands = _fixed_candidates(model, z, noise, cfg, None)
+    value = bootstrap(
+        model, *rollout(model, z.unsqueeze(1), cands, cfg), noise.term_eps[0], noise.heads[0], cfg
+    ).squeeze(-1)
+    best = value.argmax(1)
+    torch.testing.assert_close(seq, cands[torch.arange(2), best])
+    torch.testing.assert_close(action, cands[torch.arange(2), best, 0].clamp(-1, 1))
+
+
+def make_batch(cfg: Any, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Learnable data: actions a function of the observation, linear observation dynamics."""
+    g = torch.Generator().manual_seed(seed)
+    H, B, A = cfg.horizon, cfg.batch_size, cfg.action_dim
+    obs, actions = [torch.randn(B, 5, generator=g)], []
+    for _ in range(H):
+        actions.append(torch.tanh(obs[-1][:, :A] - obs[-1][:, A : 2 * A]))
+        obs.append(0.9 * obs[-1] + torch.nn.functional.pad(actions[-1], (0, 5 - A)))
+    obs_t = torch.stack(obs)
+    return {"obs": obs_t, "action": torch.stack(actions), "reward": obs_t[1:, :, :1].tanh()}
+
+
+def _denoising_losses(agent: Agent, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """Both denoising losses at fixed training sigmas and noise (the update draws fresh ones)."""
+    m = agent.model
+    with torch.no_grad():
+        z = m.encode(batch["obs"])  # [H+1, B, L]
+        acts = batch["action"].transpose(0, 1)
+        torch.manual_seed(123)
+        dyn = m._diff_dynamics.loss(z[0], acts, z[1:].transpose(0, 1))
+        torch.manual_seed(123)
+        prop = m._proposals.loss(z[0], acts)
+    return float(dyn), float(prop)
+
+
+def test_update_trains_every_part_and_losses_fall_on_a_fixed_batch() -> None:
+    torch.manual_seed(0)
+    agent = Agent(make_cfg(*ALL_ON, "lr=1e-3"), "cpu")
+    batch = make_batch(agent.cfg)
+    before = {n: p.detach().clone() for n, p in agent.model.named_parameters()}
+    start = _denoising_losses(agent, batch)
+    first = agent.update(batch)
+    for key in ("diffusion_loss", "proposal_loss", "consistency_loss", "reward_loss"):
+        assert key in first and torch.isfinite(torch.tensor(first[key])), key
+    for _ in range(2):  # zero-initialised output layers pass no gradient on the first update
+        agent.update(batch)
+    moved = {
+        n.split(".")[0] for n, p in agent.model.named_parameters() if not torch.equal(p, before[n])
+    }
+    assert {"_encoder", "_diff_dynamics", "_proposals", "_reward", "_Qs", "_pi"} <= moved
+    for _ in range(60):
+        last = agent.update(batch)
+    end = _denoising_losses(agent, batch)
+    assert end[0] < 0.75 * start[0] and end[1] < 0.5 * start[1], (start, end)  # targets drift
+    assert last["consistency_loss"] < 0.5 * first["consistency_loss"]
+    assert last["skipped_updates"] == 0
+
+
+def test_state_round_trip_plans_identically() -> None:
+    a = Agent(make_cfg(*ALL_ON), "cpu")
+    a.update(make_batch(a.cfg))
+    b = Agent(make_cfg(*ALL_ON, "seed=5"), "cpu")
+    b.load_state_dict(a.state_dict())
+    obs = torch.randn(2, 5)
+    torch.testing.assert_close(a.act(obs, eval_mode=True)[0], b.act(obs, eval_mode=True)[0])
+
+
+@pytest.mark.parametrize("switches", [["dynamics=diffusion", "proposal=both", "planner=ssr"]])
+def test_train_cli_with_diffusion_switches(tmp_path: Path, switches: list[str]) -> None:
+    """A real (tiny) local run: env, RLlib loop, learner, eval, CSV."""
+    args = [
+        "task=cartpole-swingup", "model_size=1", "batch_size=16", "num_samples=32",
+        "num_elites=4", "num_pi_trajs=4", "num_diffusion_proposals=8", "iterations=1",
+        "seed_steps=100", "steps=200", "eval_freq=200", "eval_episodes=1",
+        "checkpoint_freq=0", "progress=false", "torch_threads=1", f"work_dir={tmp_path}",
+        *switches,
+    ]  # fmt: skip
+    ray_tmp = tempfile.mkdtemp(prefix="ldr")  # short: AF_UNIX socket paths are limited
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ldmpc.cli", "train", *args],
+        capture_output=True, text=True, timeout=600, env=env, check=False,
+    )  # fmt: skip
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (eval_csv,) = tmp_path.rglob("eval.csv")
+    rows = list(csv.DictReader(eval_csv.open()))
+    assert [r["step"] for r in rows] == ["0", "200"]
+    assert all(float(r["episode_reward"]) >= 0 for r in rows)
