@@ -38,8 +38,10 @@ def denoiser_size(mlp_dim: int) -> DenoiserSize:
     """Width ~ mlp_dim / 3 (multiple of 64, in [128, 1024]), 64-wide heads, depth 2 up to the
     5M preset (mlp_dim <= 512) and 4 above.
 
-    Sized so that one denoiser call over T=3 tokens costs about as many FLOPs as TD-MPC2's three
-    MLP dynamics steps: size 1 -> 128 wide, size 5 -> 192, 19 -> 320, 48 -> 576, 317 -> 1024.
+    Sized so that one denoiser call over T=3 tokens costs about as much as TD-MPC2's three MLP
+    dynamics steps (measured on a CPU, 1 thread: 0.7-1.3x at sizes 1 and 5, see
+    `python -m ldmpc.diffusion.bench`): size 1 -> 128 wide, 5 -> 192, 19 -> 320, 48 -> 576,
+    317 -> 1024.
     """
     width = min(max(64 * round(mlp_dim / 192), 128), 1024)
     return DenoiserSize(width=width, depth=2 if mlp_dim <= 512 else 4, heads=width // 64)
@@ -97,10 +99,10 @@ class TransformerDenoiser(nn.Module):
         tokens: torch.Tensor | None = None,
         scale: int | torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x [..., T, x_dim]; c_noise, cond [..., cond_dim], scale (int or long tensor, s >= 1;
-        None = 1) with
-        leading dims broadcastable to x's; tokens [..., T, token_dim]. Output leading dims are
-        the broadcast of all inputs'."""
+        """x [..., T, x_dim]; tokens [..., T, token_dim]; c_noise [...], cond [..., cond_dim] and
+        scale (int, or long tensor [...]; s >= 1, None = 1) with leading dims broadcastable to
+        x's. The output's leading dims are the broadcast of all inputs' (x may be [E, 1, T, D]
+        against tokens [E, N, T, A])."""
         c = self.conditioning(c_noise, cond, scale).unsqueeze(-2)  # [..., 1, W]
         T = x.shape[-2]
         h = self.in_proj(x) + self.pos[:T]
