@@ -121,7 +121,8 @@ class Config:
     proposal: str = _f("policy", "planner proposals: policy | diffusion | both")
     planner: str = _f("mppi", "planner: mppi | ssr (sample-score-rank)")
     num_diffusion_proposals: int = _f(32, "diffusion action proposals per env and decision")
-    diffusion_steps: int = _f(1, "deterministic sampler steps of both denoisers (1-3)")
+    diffusion_steps: int = _f(1, "deterministic sampler steps of the dynamics denoiser (1-3)")
+    proposal_steps: int = _f(2, "sampler steps of the proposal denoiser (2-3 keep draws diverse)")
     diffusion_sampler: str = _f("euler", "diffusion sampler: euler (DDIM) | heun")
     diffusion_target: str = _f("v", "denoiser output: v | x0 (EDM preconditioning)")
     diffusion_coef: float = _f(1.0, "weight of the dynamics denoising loss (dynamics=diffusion)")
@@ -285,6 +286,7 @@ RANGE_RULES: list[tuple[Callable[[Any], bool], str, tuple[str, ...]]] = [
             "simnorm_dim",
             "num_channels",
             "diffusion_steps",
+            "proposal_steps",
         ),
     ),
     (

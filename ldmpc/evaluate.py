@@ -80,20 +80,29 @@ def _write_videos(videos: list[list[np.ndarray]], video_dir: str) -> None:
             imageio.mimsave(path, frames, fps=15, macro_block_size=1)
 
 
-def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
-    """`ldmpc eval`: load a checkpoint into a fresh agent and print mean ± std return."""
+def load_agent(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
+    """A fresh agent holding the weights of `cfg.checkpoint` (which must match cfg's
+    fingerprint), and the checkpoint."""
     from ldmpc.agent import Agent
     from ldmpc.checkpoint import load_checkpoint
     from ldmpc.config import fingerprint
-    from ldmpc.runtime import resolve_device, set_threads
+    from ldmpc.runtime import resolve_device
 
-    set_threads(cfg.torch_threads)
     device = resolve_device(cfg.device)
     ckpt = load_checkpoint(
         cfg.checkpoint, expected_fingerprint=fingerprint(cfg), map_location=device
     )
     agent = Agent(cfg, device)
     agent.load_state_dict(ckpt["payload"]["agent"])
+    return agent, ckpt
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
+    """`ldmpc eval`: load a checkpoint into a fresh agent and print mean ± std return."""
+    from ldmpc.runtime import set_threads
+
+    set_threads(cfg.torch_threads)
+    agent, ckpt = load_agent(cfg)
     video_dir = os.path.join(cfg.run_dir, "videos", "eval") if cfg.save_video else None
     result = evaluate(agent, cfg, cfg.eval_episodes, seed=eval_seed(cfg), video_dir=video_dir)
     step = ckpt["counters"].get("env_steps", "?")

@@ -126,7 +126,7 @@ def model_evals_per_decision(cfg: Any) -> dict[str, int]:
         "reward": (P + D) * H + It * G * H,
         "pi": P * H + It * (P + D + G),
         "q_heads": It * (P + D + G) * 2,
-        "proposal": D * H * (cfg.diffusion_steps if D else 0),
+        "proposal": D * H * (cfg.proposal_steps if D else 0),
     }
 
 

@@ -213,3 +213,25 @@ def test_train_cli_with_diffusion_switches(tmp_path: Path, switches: list[str]) 
     rows = list(csv.DictReader(eval_csv.open()))
     assert [r["step"] for r in rows] == ["0", "200"]
     assert all(float(r["episode_reward"]) >= 0 for r in rows)
+
+
+def test_proposals_keep_both_modes_of_a_bimodal_planner() -> None:
+    """Proposals must be diverse draws, not copies of the conditional mean: trained on actions
+    that are +0.8 or -0.8 at random for the same latent, they propose both."""
+    torch.manual_seed(0)
+    cfg = make_cfg("proposal=diffusion")
+    props = WorldModel(cfg)._proposals
+    opt = torch.optim.Adam(props.parameters(), lr=3e-3)
+    cond = torch.randn(1, cfg.latent_dim).expand(256, -1)
+    for _ in range(300):
+        sign = torch.randint(0, 2, (256, 1, 1)).float() * 2 - 1
+        actions = (0.8 * sign).expand(256, cfg.horizon, cfg.action_dim)
+        opt.zero_grad()
+        props.loss(cond, actions).backward()
+        opt.step()
+    with torch.no_grad():
+        draws = props.generate(cond[:1].unsqueeze(1), torch.randn(1, 64, cfg.horizon, 2))
+    first = draws[0, :, 0, 0]
+    near_mode = ((first.abs() - 0.8).abs() < 0.25).float().mean()
+    assert (first > 0.4).any() and (first < -0.4).any(), first
+    assert near_mode > 0.6, (near_mode, first)

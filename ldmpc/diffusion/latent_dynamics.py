@@ -42,7 +42,11 @@ class DiffusionDynamics(nn.Module):
         L, A, H = cfg.latent_dim, cfg.action_dim, cfg.horizon
         self.group = cfg.simnorm_dim
         self.steps, self.method = cfg.diffusion_steps, cfg.diffusion_sampler
-        self.schedule = EDMSchedule(sigma_data=SIMPLEX_SIGMA_DATA, target=cfg.diffusion_target)
+        self.schedule = EDMSchedule(
+            sigma_data=SIMPLEX_SIGMA_DATA,
+            target=cfg.diffusion_target,
+            grid_steps=max(3, cfg.diffusion_steps),  # train at every level the sampler visits
+        )
         self.net = TransformerDenoiser(
             x_dim=L,
             cond_dim=L + cond_extra,

@@ -1,0 +1,207 @@
+"""The diffusion A/B: baseline vs dynamics=diffusion vs proposal=both vs both, same seeds.
+
+`python -m benchmarks diffusion_ab` (env: AB_TASKS=cartpole-swingup,cup-catch AB_STEPS=30000
+AB_SEEDS=1 AB_VARIANTS=baseline,diffusion,proposals,both AB_ROOT=<dir>; QUICK=1: 2k steps).
+Every run is `ldmpc train` at the `make train` budget with checkpoints under
+benchmarks/results/diffusion_ab/, so a second invocation continues where the first stopped.
+It then writes, next to the runs: ab_table.csv and ab_table.md (final and best eval return,
+wall time, steps/s, and the 1-step and H-step latent prediction error of each model on fresh
+held-out episodes) and ab_curves.png (every eval curve).
+
+Prediction error: each trained agent plays `HELDOUT_EPISODES` new episodes (eval mode, a seed
+no run trained on); for every window of H+1 steps the model predicts the encoder latent of
+o_{t+1} (1-step) and o_{t+H} (H-step) from z_t and the taken actions; reported is the mean
+squared error per latent dim against the encoder's own latents.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import RESULTS, append_rows, quick, table
+from benchmarks.learning import make_train_budget
+
+VARIANTS = {
+    "baseline": [],
+    "diffusion": ["dynamics=diffusion"],
+    "proposals": ["proposal=both"],
+    "both": ["dynamics=diffusion", "proposal=both"],
+}
+HELDOUT_EPISODES = 2
+HELDOUT_SEED = 777_777
+ROOT = Path(os.environ.get("AB_ROOT", RESULTS / "diffusion_ab"))
+
+
+def _env_list(name: str, default: str) -> list[str]:
+    return [v for v in os.environ.get(name, default).split(",") if v]
+
+
+def run_args(task: str, variant: str, seed: int, steps: int) -> list[str]:
+    budget = [a for a in make_train_budget() if not a.startswith("task=")]
+    return [
+        *budget, f"task={task}", *VARIANTS[variant], f"seed={seed}", f"steps={steps}",
+        f"work_dir={ROOT}", f"exp_name={variant}{steps}", "progress=false",
+    ]  # fmt: skip
+
+
+def run_dir(args: list[str]) -> Path:
+    from ldmpc import config
+
+    return Path(config.run_dir_of(config.parse(args)))
+
+
+def train(args: list[str]) -> tuple[Path, int]:
+    """Run (or continue) one training run; returns its run dir and exit code."""
+    rdir = run_dir(args)
+    resume = (rdir / "checkpoints" / "latest.pt").exists()
+    cmd = [sys.executable, "-m", "ldmpc.cli", "train", *args, f"resume={str(resume).lower()}"]
+    print(" ".join(cmd[3:]), flush=True)
+    return rdir, subprocess.run(cmd, check=False).returncode
+
+
+def eval_rows(rdir: Path) -> list[dict[str, float]]:
+    path = rdir / "eval.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return [{k: float(v or 0) for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
+@torch.no_grad()
+def heldout_windows(agent: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """obs [W, H+1, *obs], actions [W, H, A]: every window of fresh eval-mode episodes."""
+    from ldmpc.envs import make_vector_env
+
+    envs = make_vector_env(cfg.task, HELDOUT_EPISODES, HELDOUT_SEED, obs=cfg.obs)
+    obs, _ = envs.reset(seed=HELDOUT_SEED)
+    traj_obs, traj_act = [obs], []
+    state, first, done = None, None, False
+    while not done:
+        action, state = agent.act(torch.as_tensor(obs), state, first, eval_mode=True)
+        first = torch.zeros(HELDOUT_EPISODES, dtype=torch.bool)
+        obs, _, term, trunc, info = envs.step(action.numpy())
+        ended = term | trunc
+        done = bool(ended.any())  # ends the windows of every env: stop at the first end
+        last = [info["final_obs"][i] if ended[i] else obs[i] for i in range(len(obs))]
+        traj_obs.append(np.stack(last))
+        traj_act.append(action.numpy())
+    envs.close()
+    o = torch.as_tensor(np.stack(traj_obs, 1), dtype=torch.float32)  # [E, T+1, ...]
+    a = torch.as_tensor(np.stack(traj_act, 1))  # [E, T, A]
+    H = cfg.horizon
+    starts = range(a.shape[1] - H + 1)
+    return (
+        torch.cat([o[:, s : s + H + 1] for s in starts]),
+        torch.cat([a[:, s : s + H] for s in starts]),
+    )
+
+
+@torch.no_grad()
+def prediction_error(agent: Any, obs: torch.Tensor, actions: torch.Tensor) -> tuple[float, float]:
+    """(1-step, H-step) mean squared latent error per dim (see the module docstring)."""
+    model, H = agent.model, actions.shape[1]
+    z = model.encode(obs)  # [W, H+1, L]
+    if model.diffusion_dynamics:
+        noise = torch.randn(
+            actions.shape[0], H, z.shape[-1], generator=torch.Generator().manual_seed(0)
+        )
+        pred = model.generate(z[:, 0], actions, noise)  # [W, H, L]
+    else:
+        zt, preds = z[:, 0], []
+        for t in range(H):
+            zt = model.next(zt, actions[:, t])
+            preds.append(zt)
+        pred = torch.stack(preds, 1)
+    err = (pred - z[:, 1:]).square().mean(dim=(0, 2))  # [H]
+    return float(err[0]), float(err[-1])
+
+
+def evaluate_run(args: list[str], rdir: Path) -> dict[str, float]:
+    from ldmpc.config import load
+    from ldmpc.evaluate import load_agent
+
+    ckpt = rdir / "checkpoints" / "latest.pt"
+    if not ckpt.exists():
+        return {}
+    cfg = load([*args, f"checkpoint={ckpt}"])
+    agent, _ = load_agent(cfg)
+    obs, actions = heldout_windows(agent, cfg)
+    one, h = prediction_error(agent, obs, actions)
+    return {"pred_err_1step": one, "pred_err_Hstep": h}
+
+
+def plot(curves: dict[str, list[dict[str, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({k.split("/")[0] for k in curves})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.5), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for key, rows in sorted(curves.items()):
+            if key.startswith(task + "/") and rows:
+                ax.plot([r["step"] for r in rows], [r["episode_reward"] for r in rows],
+                        label=key.split("/", 1)[1])  # fmt: skip
+        ax.set_title(task)
+        ax.set_xlabel("agent steps")
+        ax.set_ylabel("eval return")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    tasks = _env_list("AB_TASKS", "cartpole-swingup,cup-catch")
+    seeds = [int(s) for s in _env_list("AB_SEEDS", "1")]
+    variants = _env_list("AB_VARIANTS", ",".join(VARIANTS))
+    steps = int(os.environ.get("AB_STEPS", 2000 if quick() else 30_000))
+    rows, curves = [], {}
+    for task in tasks:
+        for seed in seeds:
+            for variant in variants:
+                args = run_args(task, variant, seed, steps)
+                rdir, code = train(args)
+                evals = eval_rows(rdir)
+                curves[f"{task}/{variant}/s{seed}"] = evals
+                last = evals[-1] if evals else {}
+                rows.append({
+                    "task": task, "variant": variant, "seed": seed,
+                    "steps": int(last.get("step", 0)),
+                    "final_return": last.get("episode_reward", float("nan")),
+                    "best_return": max((r["episode_reward"] for r in evals), default=float("nan")),
+                    "wall_min": last.get("elapsed_s", float("nan")) / 60,
+                    "exit_code": code,
+                    **evaluate_run(args, rdir),
+                })  # fmt: skip
+    print(table(rows))
+    ROOT.mkdir(parents=True, exist_ok=True)
+    with open(ROOT / "ab_table.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+    (ROOT / "ab_table.md").write_text(_markdown(rows))
+    plot(curves, ROOT / "ab_curves.png")
+    append_rows("diffusion_ab", rows)
+    print(f"table: {ROOT / 'ab_table.md'}; curves: {ROOT / 'ab_curves.png'}")
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
