@@ -162,11 +162,15 @@ TASK_SETS: dict[str, list[str]] = {
 TASK_SETS["mt80"] = TASK_SETS["mt30"] + [f"mw-{name}" for name in _MW50]
 TASK_SETS["mw10"] = [f"mw-{name}" for name in _MW10]
 
+# Other spellings users meet: TD-MPC2's published results name the MyoSuite tasks
+# "myo-hand-<task>" while its code says "myo-<task>". Both resolve to the same task.
+TASK_ALIASES: dict[str, str] = {f"myo-hand-{name[4:]}": name for name in _MYOSUITE}
+
 
 def get_task(name: str) -> TaskSpec:
     """Look up one task by its TD-MPC2 name; unknown names get the closest registered names."""
     try:
-        return TASKS[name]
+        return TASKS[TASK_ALIASES.get(name, name)]
     except KeyError:
         raise UserError(f"unknown task '{name}'{close_matches(name, TASKS)}") from None
 
@@ -185,8 +189,8 @@ def resolve_tasks(task: str, allow_unsupported: bool = False) -> list[TaskSpec]:
     for item in items:
         if item in TASK_SETS:
             names.extend(TASK_SETS[item])
-        elif item in TASKS:
-            names.append(item)
+        elif item in TASKS or item in TASK_ALIASES:
+            names.append(TASK_ALIASES.get(item, item))
         else:
             options = list(TASKS) + list(TASK_SETS)
             raise UserError(f"unknown task '{item}'{close_matches(item, options)}")

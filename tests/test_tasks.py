@@ -123,6 +123,15 @@ def test_resolve_single_sets_and_lists() -> None:
     assert names == ["walker-walk", "cheetah-run", "cup-spin"]
 
 
+def test_myosuite_results_names_are_aliases() -> None:
+    from ldmpc.tasks import get_task
+
+    assert [s.name for s in resolve_tasks("myo-hand-reach,myo-pose")] == ["myo-reach", "myo-pose"]
+    assert get_task("myo-hand-key-turn-hard") is get_task("myo-key-turn-hard")
+    with pytest.raises(UserError, match="appears twice"):
+        resolve_tasks("myo-reach,myo-hand-reach")
+
+
 @pytest.mark.parametrize(
     ("task", "message"),
     [
