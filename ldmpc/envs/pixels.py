@@ -11,8 +11,10 @@ The wrapper goes outside action repeat and the episode limit, so it renders once
 those arguments, and `env.render()` still returns the adapter's large frame for eval videos.
 
 Shadows are off: on a software GL driver (llvmpipe, no GPU) MuJoCo's shadow-map pass dominates
-a small frame. Measured on a 2-core CPU, 64 x 64 walker frames: default shadow map 60-80 fps,
-a 512 map 100-150 fps, no shadows 600-800 fps (DESIGN.md section 2). With a GPU it hardly matters.
+a small frame. 64 x 64 frames on the 2-core CPU: default shadow map 60-80 fps, a 512 map 100-150
+fps, no shadows 600-800 fps (DESIGN.md section 2, idle machine); timed side by side under load,
+no shadows was 2.6x (walker-walk) and 3.5x (mw-door-open) faster than the default map. With a
+GPU it hardly matters, and the agent sees the same scene minus the shadow.
 """
 
 from __future__ import annotations
