@@ -158,7 +158,7 @@ class LdmpcAlgorithm(Algorithm):
         cfg = self.cfg
         self.replay = EpisodeReplay(
             cfg.buffer_size,
-            cfg.horizon,
+            cfg.window,  # horizon, or longer for multi-scale diffusion dynamics
             tuple(cfg.obs_shape),
             cfg.action_dim,
             seed=cfg.seed,

@@ -127,6 +127,16 @@ class Config:
     diffusion_target: str = _f("v", "denoiser output: v | x0 (EDM preconditioning)")
     diffusion_coef: float = _f(1.0, "weight of the dynamics denoising loss (dynamics=diffusion)")
     proposal_coef: float = _f(1.0, "weight of the proposal denoising loss (diffusion proposals)")
+    scales: list[int] = _f(
+        [1],
+        "temporal scales of diffusion dynamics (token t of scale s: the "
+        "latent s*(t+1) steps ahead); ascending, starts with 1",
+    )
+    plan_scales: list[int] = _f(
+        [1],
+        "scales the planner scores: [1] (TD-MPC2) or [1,s]: fine "
+        "head of horizon steps + coarse tail of horizon tokens at s",
+    )
     # runtime
     device: str = _f("auto", "torch device: auto | cpu | cuda | cuda:N")
     num_envs: int = _f(1, "envs per env runner, planned in one batched call")
@@ -150,6 +160,7 @@ class Config:
     episode_length: int = _f(0, "agent steps per episode", derived=True)
     action_repeat: int = _f(0, "simulator steps per agent step", derived=True)
     obs_shape: list[int] = _f([], "observation shape", derived=True)
+    window: int = _f(0, "replay window in agent steps: horizon * max(scales)", derived=True)
     action_dim: int = _f(0, "action size", derived=True)
     discount: float = _f(0.0, "discount from the heuristic", derived=True)
     bin_size: float = _f(0.0, "two-hot bin width", derived=True)
@@ -419,6 +430,23 @@ def _validate_diffusion(cfg: DictConfig) -> None:
             cfg.num_diffusion_proposals,
             f"must be >= 1 with proposal={cfg.proposal}",
         )
+    scales, plan_scales = list(cfg.scales), list(cfg.plan_scales)
+    _check(
+        bool(scales) and scales[0] == 1 and scales == sorted(set(scales)),
+        "scales",
+        scales,
+        "must be ascending integers starting with 1, e.g. [1,2,4]",
+    )
+    if scales != [1] and cfg.dynamics != "diffusion":
+        raise UserError(
+            f"scales={format_value(scales)} needs dynamics=diffusion (mlp dynamics have one scale)"
+        )
+    _check(
+        plan_scales[:1] == [1] and len(plan_scales) <= 2 and set(plan_scales) <= set(scales),
+        "plan_scales",
+        plan_scales,
+        f"must be [1] or [1,s] with s in scales (= {scales})",
+    )
     if cfg.planner == "mppi":
         pool = cfg.num_pi_trajs * (cfg.proposal != "diffusion")
         pool += cfg.num_diffusion_proposals * proposals
@@ -453,6 +481,7 @@ def derive(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int) -> Dict
     cfg.action_repeat = specs[0].action_repeat
     cfg.metric = specs[0].metric
     cfg.obs_shape = list(obs_shape)
+    cfg.window = cfg.horizon * max(cfg.scales)
     cfg.action_dim = int(action_dim)
     cfg.discount = discount_heuristic(
         cfg.episode_length, cfg.discount_denom, cfg.discount_min, cfg.discount_max
@@ -492,6 +521,8 @@ def fingerprint(cfg: DictConfig) -> dict[str, Any]:
     fp = {k: (list(cfg[k]) if k == "obs_shape" else cfg[k]) for k in keys}
     if cfg.obs == "rgb":  # the conv encoder's width (absent from state checkpoints)
         fp["num_channels"] = cfg.num_channels
+    if list(cfg.scales) != [1]:  # multi-scale denoiser shapes (absent from one-scale checkpoints)
+        fp["scales"] = list(cfg.scales)
     return fp
 
 

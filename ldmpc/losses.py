@@ -75,20 +75,20 @@ def world_model_loss(
     Returns (weighted loss, metrics, zs [H+1, B, L] with gradient) so that the policy loss can
     reuse the rollout latents (detached) without a second encoder/dynamics pass.
     """
-    obs, action, reward = batch["obs"], batch["action"], batch["reward"]
+    H = cfg.horizon  # the batch may hold a longer window (multi-scale diffusion): its head
+    obs, action, reward = batch["obs"][: H + 1], batch["action"][:H], batch["reward"][:H]
     task = batch.get("task")
     terminated = batch.get("terminated")
-    if terminated is None:
-        terminated = torch.zeros_like(reward)
-    H = action.shape[0]
+    terminated = torch.zeros_like(reward) if terminated is None else terminated[:H]
     with torch.no_grad():
-        next_z = model.encode(obs[1:], task)
+        window_z = model.encode(batch["obs"][1:], task)  # [W, B, L]
+        next_z = window_z[:H]
         td = td_target(model, next_z, reward, terminated, cfg, task)
 
     z = model.encode(obs[0], task)
     rho = _rho_weights(cfg, H, reward)
     if model.diffusion_dynamics:
-        zs_t, diffusion = _diffusion_rollout(model, z, action, next_z, rho, task)
+        zs_t, diffusion = _diffusion_rollout(model, z, batch["action"], window_z, rho, cfg, task)
     else:
         zs = [z]
         for t in range(H):
@@ -125,24 +125,29 @@ def world_model_loss(
 def _diffusion_rollout(
     model: Any,
     z: torch.Tensor,
-    action: torch.Tensor,
-    next_z: torch.Tensor,
+    window_action: torch.Tensor,
+    window_z: torch.Tensor,
     rho: torch.Tensor,
+    cfg: Any,
     task: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """dynamics=diffusion: the latents z_1..z_H the planner would generate (one sampler pass
-    from fresh noise, with gradient: consistency, reward and value losses read them exactly as
-    they read the mlp rollout) and the denoising loss against the encoder targets next_z.
+    from fresh noise at scale 1, with gradient: consistency, reward and value losses read them
+    exactly as they read the mlp rollout) and the denoising loss against the encoder latents
+    window_z [W, B, L] of the replay window, each item at a scale drawn from `cfg.scales`.
 
     Returns (zs [H+1, B, L], denoising loss). Both terms train the denoiser and, through z_0,
     the encoder.
     """
+    H, B = cfg.horizon, z.shape[0]
     cond = model.task_emb(z, task)
-    acts = action.transpose(0, 1)  # [B, H, A]
-    noise = torch.randn(*acts.shape[:-1], z.shape[-1], device=z.device, dtype=z.dtype)
+    acts = window_action.transpose(0, 1)  # [B, W, A]
+    noise = torch.randn(B, H, z.shape[-1], device=z.device, dtype=z.dtype)
     dyn = model._diff_dynamics
-    generated = dyn.generate(cond, acts, noise)  # [B, H, L]
-    diffusion = dyn.loss(cond, acts, next_z.transpose(0, 1), token_weight=rho)
+    generated = dyn.generate(cond, acts[:, :H], noise)  # [B, H, L]
+    scales = torch.tensor(list(cfg.scales), device=z.device)
+    scale = scales[torch.randint(len(scales), (B,), device=z.device)]
+    diffusion = dyn.loss(cond, acts, window_z.transpose(0, 1), scale, token_weight=rho)
     return torch.cat([z.unsqueeze(0), generated.transpose(0, 1)]), diffusion
 
 
@@ -152,7 +157,7 @@ def proposal_loss(
     """Denoising loss of the diffusion action proposals on the replayed action sequences,
     conditioned on the detached first latent z [B, L]."""
     cond = model.task_emb(z.detach(), batch.get("task"))
-    loss = model._proposals.loss(cond, batch["action"].transpose(0, 1))
+    loss = model._proposals.loss(cond, batch["action"][: cfg.horizon].transpose(0, 1))
     return cfg.proposal_coef * loss, {"proposal_loss": loss.detach()}
 
 

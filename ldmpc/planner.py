@@ -113,7 +113,8 @@ def model_evals_per_decision(cfg: Any) -> dict[str, int]:
     transitions predicted. Policy trajectories are generated (P x (H-1) transitions) and rolled
     out once with the proposals (P + D) x H, Gaussian candidates in every iteration. Diffusion
     dynamics predict H transitions per candidate with each of `diffusion_steps` denoiser calls,
-    so they count steps x H; `proposal` counts the proposal denoiser's action tokens.
+    so they count steps x H; a coarse tail (plan_scales = [1, s]) adds 1 + 2 + ... + H tokens
+    per candidate; `proposal` counts the proposal denoiser's action tokens.
     """
     It, (P, D, G), H = plan_iterations(cfg), pool_sizes(cfg), cfg.horizon
     per_step = 1
@@ -121,10 +122,12 @@ def model_evals_per_decision(cfg: Any) -> dict[str, int]:
     if getattr(cfg, "dynamics", "mlp") == "diffusion":
         per_step = cfg.diffusion_steps
         gen_pi = P * (H * (H - 1) // 2)  # autoregressive: prefixes of 1..H-1 tokens
+    rolled = (P + D) + It * G  # candidate rollouts per decision
+    tail = H * (H + 1) // 2 if len(getattr(cfg, "plan_scales", [1])) > 1 else 0  # prefixes
     return {
-        "dynamics": per_step * (gen_pi + (P + D) * H + It * G * H),
-        "reward": (P + D) * H + It * G * H,
-        "pi": P * H + It * (P + D + G),
+        "dynamics": per_step * (gen_pi + (P + D) * H + It * G * H + rolled * tail),
+        "reward": (P + D) * H + It * G * H + rolled * (H if tail else 0),
+        "pi": P * H + It * (P + D + G) + rolled * (H if tail else 0),
         "q_heads": It * (P + D + G) * 2,
         "proposal": D * H * (cfg.proposal_steps if D else 0),
     }
@@ -195,7 +198,47 @@ def _diffusion_rollout(
     task_t = task.unsqueeze(-1) if task is not None else None  # [E, 1] -> [E, 1, 1]
     r = two_hot_inv(model.reward(z_in, actions, task_t), cfg.num_bins, cfg.vmin, cfg.vmax)
     discounts = cfg.discount ** torch.arange(H, device=z.device, dtype=z.dtype)
-    return (r.squeeze(-1) * discounts).sum(-1, keepdim=True), zs[:, :, -1]
+    G = (r.squeeze(-1) * discounts).sum(-1, keepdim=True)
+    if len(getattr(cfg, "plan_scales", [1])) > 1:
+        return _coarse_tail(model, zs[:, :, -1], G, cfg, task, dyn_noise)
+    return G, zs[:, :, -1]
+
+
+def bootstrap_steps(cfg: Any) -> int:
+    """Agent steps covered before the Q bootstrap: the horizon, plus the coarse tail's
+    horizon * s steps when plan_scales = [1, s]."""
+    plan_scales = list(getattr(cfg, "plan_scales", [1]))
+    return cfg.horizon * (1 + (plan_scales[1] if len(plan_scales) > 1 else 0))
+
+
+def _coarse_tail(
+    model: Any,
+    z_head: torch.Tensor,
+    ret: torch.Tensor,
+    cfg: Any,
+    task: torch.Tensor | None,
+    dyn_noise: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """plan_scales = [1, s]: extend each candidate's return past the fine head (exact rule).
+
+    From z_H, K = horizon coarse tokens at scale s follow the policy prior's mean action,
+    held for the s steps of its token: a_k = pi_mean(z_{H+sk}). Token k adds
+    gamma^(H+sk) * r(z_{H+sk}, a_k) * (1 + gamma + ... + gamma^(s-1)) (the reward head's one-step
+    reward, taken as constant over the token), and z_{H+s(k+1)} comes from the causal denoiser
+    at scale s on the held actions so far (one call per token; same noise draw as the head).
+    The caller then bootstraps with gamma^(H+sK) Q(z_{H+sK}, pi(z_{H+sK})) (`bootstrap_steps`).
+    """
+    H, s, gamma = cfg.horizon, cfg.plan_scales[1], cfg.discount
+    hold = sum(gamma**j for j in range(s))
+    zt, held = z_head, []
+    zero = torch.zeros(*zt.shape[:-1], cfg.action_dim, device=zt.device, dtype=zt.dtype)
+    for k in range(H):
+        a, _ = model.pi(zt, task, eps=zero)  # eps = 0: the squashed mean
+        r = two_hot_inv(model.reward(zt, a, task), cfg.num_bins, cfg.vmin, cfg.vmax)
+        ret = ret + gamma ** (H + s * k) * hold * r
+        held.append(a.unsqueeze(-2).expand(*a.shape[:-1], s, a.shape[-1]))
+        zt = model.generate(z_head, torch.cat(held, dim=-2), dyn_noise, task, scale=s)[..., -1, :]
+    return ret, zt
 
 
 @torch.no_grad()
@@ -208,10 +251,11 @@ def bootstrap(
     cfg: Any,
     task: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """G + discount^H * Q(z_H, pi(z_H)), Q = mean of the two heads in `heads` (TD-MPC2 'avg')."""
+    """G + discount^T * Q(z_T, pi(z_T)), Q = mean of the two heads in `heads` (TD-MPC2 'avg');
+    T = horizon (plus the coarse tail's steps, see `bootstrap_steps`)."""
     a, _ = model.pi(z, task, eps=term_eps)
     q = model.Q(z, a, task, return_type="avg", heads=heads)
-    return ret + cfg.discount**cfg.horizon * q
+    return ret + cfg.discount ** bootstrap_steps(cfg) * q
 
 
 # On a CPU, activations of more rows than this fall out of the L2/L3 caches and every

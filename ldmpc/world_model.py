@@ -129,10 +129,12 @@ class WorldModel(nn.Module):
         actions: torch.Tensor,
         noise: torch.Tensor,
         task: torch.Tensor | None = None,
+        scale: int = 1,
     ) -> torch.Tensor:
-        """Diffusion dynamics: z [..., L] + actions [..., T, A] -> latents z_1..z_T [..., T, L]
-        (noise [..., H, L] pre-drawn; see `DiffusionDynamics.generate`)."""
-        return self._diff_dynamics.generate(self.task_emb(z, task), actions, noise)
+        """Diffusion dynamics: z [..., L] + actions [..., T * scale, A] -> the latents scale,
+        2 scale, ..., T scale steps ahead [..., T, L] (noise [..., H, L] pre-drawn; see
+        `DiffusionDynamics.generate`)."""
+        return self._diff_dynamics.generate(self.task_emb(z, task), actions, noise, scale)
 
     def propose(
         self, z: torch.Tensor, noise: torch.Tensor, task: torch.Tensor | None = None

@@ -24,6 +24,7 @@ from ldmpc.diffusion.denoiser import TransformerDenoiser, denoiser_size
 from ldmpc.diffusion.losses import denoising_loss
 from ldmpc.diffusion.sampler import sample
 from ldmpc.diffusion.schedule import EDMSchedule
+from ldmpc.diffusion.tokens import action_tokens
 
 SIMPLEX_SIGMA_DATA = 0.3  # RMS of centred SimNorm latents (groups of 8, typical sharpness)
 
@@ -40,7 +41,8 @@ class DiffusionDynamics(nn.Module):
     def __init__(self, cfg: Any, cond_extra: int = 0) -> None:
         super().__init__()
         L, A, H = cfg.latent_dim, cfg.action_dim, cfg.horizon
-        self.group = cfg.simnorm_dim
+        self.group, self.horizon = cfg.simnorm_dim, H
+        self.max_scale = max(cfg.scales)
         self.steps, self.method = cfg.diffusion_steps, cfg.diffusion_sampler
         self.schedule = EDMSchedule(
             sigma_data=SIMPLEX_SIGMA_DATA,
@@ -50,9 +52,10 @@ class DiffusionDynamics(nn.Module):
         self.net = TransformerDenoiser(
             x_dim=L,
             cond_dim=L + cond_extra,
-            token_dim=A,
+            token_dim=A * self.max_scale,  # a token carries the s actions it spans
             max_tokens=H,
             size=denoiser_size(cfg.mlp_dim),
+            max_scale=self.max_scale,
             causal=True,
         )
         self.register_buffer(
@@ -63,20 +66,23 @@ class DiffusionDynamics(nn.Module):
         return z - 1.0 / self.group
 
     def generate(
-        self, cond: torch.Tensor, actions: torch.Tensor, noise: torch.Tensor
+        self, cond: torch.Tensor, actions: torch.Tensor, noise: torch.Tensor, scale: int = 1
     ) -> torch.Tensor:
-        """Latents z_1..z_T [..., T, L] on the simplex.
+        """Latents [..., T, L] on the simplex, token t being the latent scale * (t + 1) steps
+        ahead.
 
         cond [..., C]: z_0 (with the task embedding appended when multitask); actions
-        [..., T, A] with T <= horizon; noise [..., H, L] standard normal, pre-drawn (its first
-        T tokens are used). Leading dims broadcast: z_0 [E, 1, C] and one noise draw per env
-        [E, 1, H, L] serve N candidates' actions [E, N, T, A].
+        [..., T * scale, A] with T <= horizon; noise [..., H, L] standard normal, pre-drawn (its
+        first T tokens are used). Leading dims broadcast: z_0 [E, 1, C] and one noise draw per
+        env [E, 1, H, L] serve N candidates' actions [E, N, T, A].
         """
+        T = actions.shape[-2] // scale
+        tokens = action_tokens(actions, scale, T, self.max_scale)
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            return self.schedule.denoise(self.net, x, sigma, cond=cond, tokens=actions)
+            return self.schedule.denoise(self.net, x, sigma, cond=cond, tokens=tokens, scale=scale)
 
-        x = sample(denoise, noise[..., : actions.shape[-2], :], self.sigmas, self.method)
+        x = sample(denoise, noise[..., :T, :], self.sigmas, self.method)
         return to_simplex(x + 1.0 / self.group, self.group)
 
     def loss(
@@ -84,16 +90,26 @@ class DiffusionDynamics(nn.Module):
         cond: torch.Tensor,
         actions: torch.Tensor,
         targets: torch.Tensor,
+        scale: torch.Tensor,
         token_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Denoising loss of the trajectory: cond [B, C], actions [B, T, A], targets [B, T, L]
-        (stop-gradient encoder latents of the replayed observations)."""
+        """Denoising loss of the trajectory at each item's scale.
+
+        cond [B, C]; actions [B, W, A] and targets [B, W, L] (stop-gradient encoder latents of
+        o_1..o_W) over the whole replay window W = horizon * max(scales); scale [B] long: item b
+        is trained on the latents scale_b, 2 scale_b, ..., horizon * scale_b steps ahead.
+        """
+        H = self.horizon
+        idx = scale[:, None] * torch.arange(1, H + 1, device=scale.device) - 1  # [B, H]
+        x0 = targets.gather(1, idx[..., None].expand(-1, -1, targets.shape[-1]))
+        tokens = action_tokens(actions, scale, H, self.max_scale)
         loss, _ = denoising_loss(
             self.schedule,
             self.net,
-            self._center(targets.detach()),
+            self._center(x0.detach()),
             token_weight=token_weight,
             cond=cond,
-            tokens=actions,
+            tokens=tokens,
+            scale=scale if self.max_scale > 1 else None,
         )
         return loss
