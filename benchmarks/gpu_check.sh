@@ -12,5 +12,7 @@ timeout 60 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_diffusion.
 timeout 40 python3 -m ldmpc.diffusion.bench 1 1 cuda 2>&1 | tee "$OUT/diffusion_bench.log"
 timeout 170 python3 -m benchmarks planner_batch 2>&1 | tee "$OUT/planner_batch.log"
 QUICK=1 timeout 130 python3 -m benchmarks update_rate 2>&1 | tee "$OUT/update_rate.log"
+timeout 120 python3 -m benchmarks plan_latency 2>&1 | tee "$OUT/plan_latency.log"
+FULL=1 timeout 120 python3 -m benchmarks plan_latency 2>&1 | tee "$OUT/plan_latency_full.log"
 cp benchmarks/results/*.csv "$OUT/" 2>/dev/null
 true
