@@ -11,14 +11,12 @@ import os
 import torch
 
 from benchmarks.common import append_rows, interleaved_ms, make_agent, quick, table
-from benchmarks.learning import make_train_budget, run_dir, target_steps
-
-PLANNING_KEYS = ("iterations", "num_samples", "num_elites", "num_pi_trajs", "horizon")
+from benchmarks.learning import make_train_planning, run_dir, target_steps
 
 
 def _budget_overrides() -> list[str]:
     """The planning keys of the `make train` budget (the model keys stay the same for A and B)."""
-    return [a for a in make_train_budget() if a.split("=")[0] in PLANNING_KEYS]
+    return make_train_planning()
 
 
 def _default_checkpoint() -> str | None:

@@ -29,6 +29,17 @@ def make_train_budget() -> list[str]:
     return [a for a in shlex.split(match.group(1)) if not a.startswith("steps=")]
 
 
+PLANNING_KEYS = (
+    "iterations", "num_samples", "num_elites", "num_pi_trajs", "horizon", "min_std", "max_std",
+    "temperature", "planner", "proposal", "num_diffusion_proposals",
+)  # fmt: skip
+
+
+def make_train_planning() -> list[str]:
+    """The planning overrides of the `make train` budget (model and task keys left out)."""
+    return [a for a in make_train_budget() if a.split("=")[0] in PLANNING_KEYS]
+
+
 TDMPC2_CARTPOLE = {100_000: 839, 200_000: 872, 500_000: 876, 1_000_000: 876}
 
 

@@ -23,7 +23,7 @@ from benchmarks.common import (
     sync,
     table,
 )
-from benchmarks.learning import make_train_budget
+from benchmarks.learning import make_train_budget, make_train_planning
 
 ENVS = 16
 VARIANTS = {
@@ -40,8 +40,8 @@ def budget() -> list[str]:
     """Planning keys of the chosen budget (the task and model size of `make train`)."""
     if os.environ.get("FULL") == "1":
         return ["task=cartpole-swingup", "model_size=1"]
-    keep = ("task=", "model_size=", "iterations=", "num_samples=", "num_elites=", "num_pi_trajs=")
-    return [a for a in make_train_budget() if a.startswith(keep)]
+    model = [a for a in make_train_budget() if a.startswith(("task=", "model_size="))]
+    return [*model, *make_train_planning()]
 
 
 def main() -> None:
