@@ -254,11 +254,13 @@ def load_snapshot(replay: EpisodeReplay, path: Path, before_id: int | None = Non
     replay._alloc(max(rows + rows // 4, 1))
     offset = 0
     for arr in arrays:
-        n = len(arr["reward"])
-        replay._obs[offset : offset + n] = arr["obs"]
-        replay._action[offset : offset + n] = arr["action"]
-        replay._reward[offset : offset + n] = arr["reward"]
-        replay._terminated[offset : offset + n] = arr["terminated"]
+        n = min(len(arr["reward"]), rows - offset)  # before_id: the dropped suffix is not copied
+        if n <= 0:
+            break
+        replay._obs[offset : offset + n] = arr["obs"][:n]
+        replay._action[offset : offset + n] = arr["action"][:n]
+        replay._reward[offset : offset + n] = arr["reward"][:n]
+        replay._terminated[offset : offset + n] = arr["terminated"][:n]
         offset += n
     starts = np.cumsum(lengths + 1) - (lengths + 1)
     replay._table = _EpisodeTable.from_columns(start=starts, **cols)
