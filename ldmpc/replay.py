@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ldmpc.errors import UserError
 
 if TYPE_CHECKING:
+    import torch  # imported on use: replay shard actors never need it (~2 s per start)
+
     from ldmpc.replay_snapshot import _SaveState
 
 __all__ = ["Episode", "EpisodeReplay"]
@@ -292,6 +293,8 @@ class EpisodeReplay:
             "task": tasks[k],
         }
         if device is not None:
+            import torch
+
             return {key: torch.from_numpy(v).to(device) for key, v in out.items()}
         return out
 
