@@ -1,0 +1,479 @@
+"""Sharded replay: K Ray actors each holding whole episodes, one driver-side client.
+
+Why shards: one replay in the driver makes the driver hold all episodes and do all sampling work;
+K actors spread memory, sampling and snapshot I/O over processes (and nodes), and a crash costs
+one shard, which comes back from its own Arrow files (DESIGN.md §3.3, §4).
+
+- `ReplayShard`: a plain class (usable without Ray) wrapping one `EpisodeReplay` and one snapshot
+  directory. `remote_shard_class()` turns it into a Ray actor with `max_restarts=-1`, so importing
+  this module needs no running Ray.
+- `ShardedReplay`: the driver's client. Routes each episode by a stable hash of a run-unique key,
+  samples from all shards in proportion to their sizes and returns ONE batch in the format of
+  `EpisodeReplay.sample`, and snapshots/restores all shards for checkpoints.
+
+Restart rule: a shard that Ray *reconstructs* (its process died) reloads its directory; a shard
+started for the first time never reads it, and in a fresh run writes an empty snapshot at once so
+a later reconstruction cannot pick up a previous run's episodes. A resumed run starts the shards
+with `resume=True` and calls `ShardedReplay.restore(state)`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import warnings
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ldmpc.errors import UserError
+from ldmpc.replay import Episode, EpisodeReplay
+from ldmpc.replay_snapshot import MANIFEST
+
+__all__ = ["ReplayShard", "ShardedReplay", "remote_shard_class", "shard_dir", "shard_of"]
+
+STATE_VERSION = 1
+_BATCH_AXIS = {"task": 0}  # every other key of a sampled batch is time-major: batch axis 1
+
+
+def shard_of(key: str | int | bytes, num_shards: int) -> int:
+    """The shard of an episode key: the same in every process and Python run.
+
+    Python's `hash()` of a str is salted per process, so it cannot route across a restart;
+    CRC32 is fixed. Its low bits are linear in the input bits, so the shard comes from the high
+    bits of a multiplicative (Fibonacci) mix instead of `crc % K`, which keeps consecutive
+    integer keys evenly spread.
+    """
+    data = key if isinstance(key, bytes) else str(key).encode()
+    mixed = (zlib.crc32(data) * 0x9E3779B1) & 0xFFFFFFFF
+    return (mixed * num_shards) >> 32
+
+
+def shard_dir(directory: str | os.PathLike[str], index: int) -> Path:
+    """Snapshot directory of shard `index` under the run's replay directory."""
+    return Path(directory) / f"shard_{index}"
+
+
+def _was_reconstructed() -> bool:
+    """True inside a Ray actor that Ray restarted after its process died."""
+    try:
+        import ray
+    except ImportError:
+        return False
+    if not ray.is_initialized():
+        return False
+    ctx = ray.get_runtime_context()
+    if ctx.get_actor_id() is None:
+        return False
+    with warnings.catch_warnings():  # Ray 2.60 trips its own deprecation warning in there
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return bool(ctx.was_current_actor_reconstructed)
+
+
+def _pin_threads(threads: int) -> None:
+    """Several actors share few cores and 2-core boxes stall when each one spins up all of them
+    (DESIGN.md §3.3). A shard never imports torch itself (it costs ~2 s per start), so torch is
+    pinned only where something else loaded it; numpy's indexing and copies here use one thread.
+    """
+    if "torch" in sys.modules:
+        from ldmpc.runtime import set_threads
+
+        set_threads(threads)
+
+
+class ReplayShard:
+    """One shard: an `EpisodeReplay` plus its own Arrow snapshot directory (single writer).
+
+    Snapshots are incremental (only new episodes are written), taken every `snapshot_every`
+    added episodes (0: only on `snapshot()`) before `add_episodes` returns, so an acknowledged
+    add is durable once a snapshot covers it. A kill loses at most the episodes added since the
+    last snapshot; `snapshot_every=1` loses none.
+    """
+
+    def __init__(
+        self,
+        index: int,
+        directory: str | os.PathLike[str],
+        capacity: int,
+        horizon: int,
+        obs_shape: Sequence[int],
+        action_dim: int,
+        seed: int = 0,
+        obs_dtype: Any = np.float32,
+        snapshot_every: int = 0,
+        resume: bool = False,
+        threads: int = 1,
+    ) -> None:
+        _pin_threads(threads)
+        self.index = int(index)
+        self.directory = Path(directory)
+        self.snapshot_every = int(snapshot_every)
+        self.replay = EpisodeReplay(capacity, horizon, obs_shape, action_dim, seed, obs_dtype)
+        self._seed = seed
+        self._unsaved = 0  # episodes added since the last snapshot
+        self.reconstructed = _was_reconstructed()
+        self.restored_episodes = 0
+        if self.reconstructed:
+            if self._has_snapshot():
+                self.replay.load(self.directory)
+                self.restored_episodes = self.replay.num_episodes
+        elif not resume:
+            self.snapshot()  # empty: drops a previous run's files before any episode arrives
+
+    def _has_snapshot(self) -> bool:
+        return (self.directory / MANIFEST).is_file()
+
+    # ------------------------------------------------------------------ data
+    def add_episodes(self, episodes: list[Episode]) -> tuple[int, int]:
+        """Store episodes (one RPC for many); snapshot when due. Returns `size()` after it."""
+        for ep in episodes:
+            self.replay.add_episode(ep)
+        self._unsaved += len(episodes)
+        if self.snapshot_every and self._unsaved >= self.snapshot_every:
+            self.snapshot()
+        return self.size()
+
+    def sample(
+        self, batch_size: int, horizon: int | None = None, stride: int = 1
+    ) -> dict[str, np.ndarray]:
+        """`EpisodeReplay.sample` (numpy, time-major); ValueError when no window fits."""
+        return self.replay.sample(batch_size, horizon, stride)
+
+    def size(self) -> tuple[int, int]:
+        """(transitions, episodes) held now."""
+        return self.replay.num_transitions, self.replay.num_episodes
+
+    def episode_ids(self) -> list[int]:
+        """Shard-local ids of the live episodes, oldest first (cheap content fingerprint)."""
+        return self.replay.episode_ids.tolist()
+
+    def info(self) -> dict[str, Any]:
+        """Process and restart facts, for logs and fault drills."""
+        return {
+            "index": self.index,
+            "pid": os.getpid(),
+            "reconstructed": self.reconstructed,
+            "restored_episodes": self.restored_episodes,
+            "directory": str(self.directory),
+            "torch_loaded": "torch" in sys.modules,
+        }
+
+    # ------------------------------------------------------------------ persistence
+    def snapshot(self) -> dict[str, Any]:
+        """Write an incremental snapshot; returns `get_state()` plus the size it covers."""
+        self.replay.save(self.directory)
+        self._unsaved = 0
+        transitions, episodes = self.size()
+        return {**self.get_state(), "num_transitions": transitions, "num_episodes": episodes}
+
+    def get_state(self) -> dict[str, Any]:
+        """Sampler RNG and next episode id (small; the episodes themselves are in the files)."""
+        return self.replay.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.replay.set_state(state)
+
+    def load(self, before_id: int | None = None) -> tuple[int, int]:
+        """Replace the contents with this shard's snapshot (minus ids >= before_id)."""
+        self.replay.load(self.directory, before_id=before_id)
+        return self.size()
+
+    def restore(self, state: dict[str, Any]) -> tuple[int, int]:
+        """Resume to a checkpoint: load the episodes it saw, its RNG, and rewrite the snapshot.
+
+        The rewrite matters: episodes snapshotted after the checkpoint are dropped from memory
+        here, and a later reconstruction must not bring them back from the files.
+        """
+        next_id = int(state["next_episode_id"])
+        if self._has_snapshot():
+            self.load(before_id=next_id)
+        elif next_id > 0:
+            raise UserError(
+                f"replay shard {self.index}: snapshot {self.directory / MANIFEST} is missing, "
+                f"but the checkpoint expects {next_id} episodes in it"
+            )
+        else:
+            self.replay = self._empty_replay()
+        self.set_state(state)
+        self.snapshot()
+        return self.size()
+
+    def clear(self) -> tuple[int, int]:
+        """Drop every episode, in memory and on disk (an empty snapshot)."""
+        rng = self.replay.get_state()
+        self.replay = self._empty_replay()
+        self.replay.set_state(rng)
+        self.snapshot()
+        return self.size()
+
+    def _empty_replay(self) -> EpisodeReplay:
+        r = self.replay
+        return EpisodeReplay(
+            r.capacity, r.horizon, r.obs_shape, r.action_dim, self._seed, r.obs_dtype
+        )
+
+
+@functools.cache
+def remote_shard_class() -> Any:
+    """`ReplayShard` as a Ray actor class (built on first use: importing needs no Ray)."""
+    import ray
+
+    return ray.remote(ReplayShard)
+
+
+def _shard_seed(seed: int, index: int) -> int:
+    """Independent, reproducible sampler seed per shard."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+class ShardedReplay:
+    """Driver-side client of K `ReplayShard` actors; a drop-in for `EpisodeReplay`'s sampling.
+
+    Shard sizes are cached from the replies of `add`, `refresh` and `restore`, so
+    `num_transitions`/`num_episodes` cost no RPC. Each shard gets `capacity // num_shards`
+    transitions (FIFO eviction is per shard). Actor calls are retried after a restart
+    (`max_task_retries`): adds are at-least-once, so a kill between a shard's snapshot and its
+    reply may store that batch twice (harmless for sampling).
+    """
+
+    def __init__(
+        self,
+        num_shards: int,
+        directory: str | os.PathLike[str],
+        capacity: int,
+        horizon: int,
+        obs_shape: Sequence[int],
+        action_dim: int,
+        seed: int = 0,
+        obs_dtype: Any = np.float32,
+        snapshot_every: int = 16,
+        resume: bool = False,
+        num_cpus: float = 0.0,
+        max_task_retries: int = 3,
+    ) -> None:
+        if num_shards < 1 or capacity // num_shards < 1:
+            raise ValueError(
+                f"need replay_shards >= 1 and buffer_size >= replay_shards, "
+                f"got {num_shards} shards for {capacity} transitions"
+            )
+        self.num_shards = int(num_shards)
+        self.directory = Path(directory).resolve()
+        self.horizon = int(horizon)
+        self.shard_capacity = capacity // num_shards
+        self._rng = np.random.default_rng(seed)
+        self._added = 0  # episodes routed so far: the default run-unique key
+        self._sizes = np.zeros((num_shards, 2), np.int64)  # (transitions, episodes) per shard
+        cls = remote_shard_class().options(
+            num_cpus=num_cpus, max_restarts=-1, max_task_retries=max_task_retries
+        )
+        self.shards = [
+            cls.remote(
+                i,
+                str(shard_dir(self.directory, i)),
+                self.shard_capacity,
+                horizon,
+                tuple(obs_shape),
+                action_dim,
+                seed=_shard_seed(seed, i),
+                obs_dtype=np.dtype(obs_dtype),
+                snapshot_every=snapshot_every,
+                resume=resume,
+            )
+            for i in range(num_shards)
+        ]
+
+    @classmethod
+    def from_config(
+        cls, cfg: Any, num_shards: int, snapshot_every: int = 16, resume: bool = False
+    ) -> ShardedReplay:
+        """The algorithm's replay: `<run_dir>/replay/shard_<i>`, sized and typed by `cfg`."""
+        return cls(
+            num_shards,
+            os.path.join(cfg.run_dir, "replay"),
+            cfg.buffer_size,
+            cfg.window,  # horizon, or longer for multi-scale diffusion dynamics
+            tuple(cfg.obs_shape),
+            cfg.action_dim,
+            seed=cfg.seed,
+            obs_dtype=np.uint8 if cfg.obs == "rgb" else np.float32,  # pixels stay uint8
+            snapshot_every=snapshot_every,
+            resume=resume,
+        )
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def num_transitions(self) -> int:
+        return int(self._sizes[:, 0].sum())
+
+    @property
+    def num_episodes(self) -> int:
+        return int(self._sizes[:, 1].sum())
+
+    @property
+    def shard_sizes(self) -> np.ndarray:
+        """Cached (transitions, episodes) per shard, [K, 2]."""
+        return self._sizes.copy()
+
+    def refresh(self) -> np.ndarray:
+        """Ask every shard for its size (e.g. after a restart); returns the [K, 2] sizes."""
+        self._sizes[:] = self._get([s.size.remote() for s in self.shards])
+        return self.shard_sizes
+
+    # ------------------------------------------------------------------ data
+    def add(self, episodes: Sequence[Episode], keys: Sequence[Any] | None = None) -> None:
+        """Route each episode to `shard_of(key)`; one `add_episodes` RPC per shard, in parallel.
+
+        `keys` must be unique within the run (default: the running count of added episodes,
+        which `state()` carries across resumes).
+        """
+        if keys is None:
+            keys = range(self._added, self._added + len(episodes))
+        elif len(keys) != len(episodes):
+            raise ValueError(f"{len(keys)} keys for {len(episodes)} episodes")
+        longest = max((len(ep["action"]) for ep in episodes), default=0)
+        if longest > self.shard_capacity:
+            raise UserError(
+                f"an episode of {longest} transitions does not fit in a replay shard of "
+                f"{self.shard_capacity} (buffer_size / replay_shards): raise buffer_size"
+            )
+        groups: dict[int, list[Episode]] = {}
+        for ep, key in zip(episodes, keys):
+            groups.setdefault(shard_of(key, self.num_shards), []).append(ep)
+        self._added += len(episodes)
+        order = sorted(groups)
+        sizes = self._get([self.shards[i].add_episodes.remote(groups[i]) for i in order])
+        self._sizes[order] = sizes
+
+    def sample(
+        self,
+        batch_size: int,
+        horizon: int | None = None,
+        stride: int = 1,
+        device: Any = None,
+    ) -> dict[str, Any]:
+        """`batch_size` windows from all shards, split in proportion to their transitions.
+
+        Same keys, shapes and dtypes as `EpisodeReplay.sample`; the shards' parts are shuffled
+        together so any slice of the batch is a fair sample. A shard that cannot serve its part
+        (restarted with fewer episodes, or no episode long enough) is dropped after a size
+        refresh and the batch is redrawn from the others.
+        """
+        if batch_size < 1:
+            raise ValueError(f"need batch_size >= 1, got {batch_size}")
+        usable = np.ones(self.num_shards, bool)
+        error: ValueError | None = None
+        while True:
+            weights = np.where(usable, self._sizes[:, 0], 0).astype(np.float64)
+            if weights.sum() <= 0:
+                raise error or ValueError(
+                    f"replay is empty: {self.num_shards} shards hold no transitions"
+                )
+            counts = self._rng.multinomial(batch_size, weights / weights.sum())
+            idx = np.flatnonzero(counts)
+            refs = [self.shards[i].sample.remote(int(counts[i]), horizon, stride) for i in idx]
+            parts, failed = [], []
+            for i, ref in zip(idx, refs):
+                try:
+                    parts.append(self._get(ref))
+                except ValueError as e:  # no window of this length in that shard (or bad arguments)
+                    failed.append(i)
+                    error = e
+            if not failed:
+                return _merge(parts, self._rng, device)
+            usable[failed] = False
+            self.refresh()
+
+    # ------------------------------------------------------------------ checkpoints
+    def snapshot(self) -> dict[str, Any]:
+        """Snapshot every shard (in parallel) and return the state for the checkpoint.
+
+        Call it right before writing the checkpoint: `restore(state)` later drops any episode
+        a shard snapshotted after this point.
+        """
+        shard_states = self._get([s.snapshot.remote() for s in self.shards])
+        self._sizes[:] = [(s["num_transitions"], s["num_episodes"]) for s in shard_states]
+        return self._state([_small(s) for s in shard_states])
+
+    def state(self) -> dict[str, Any]:
+        """Checkpoint state without writing files (RNGs, next ids, routing counter)."""
+        return self._state(self._get([s.get_state.remote() for s in self.shards]))
+
+    def _state(self, shard_states: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "num_shards": self.num_shards,
+            "rng": self._rng.bit_generator.state,
+            "episodes_added": self._added,
+            "shards": shard_states,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Return to a checkpoint's replay: each shard reloads its files up to the state."""
+        if int(state.get("num_shards", -1)) != self.num_shards:
+            raise UserError(
+                f"the checkpoint's replay has {state.get('num_shards')} shards, this run "
+                f"{self.num_shards}: resume with replay_shards={state.get('num_shards')}"
+            )
+        sizes = self._get([s.restore.remote(st) for s, st in zip(self.shards, state["shards"])])
+        self._sizes[:] = sizes
+        self._rng.bit_generator.state = state["rng"]
+        self._added = int(state["episodes_added"])
+
+    def clear(self) -> None:
+        """Empty every shard in memory and on disk (e.g. `resume=true` found no checkpoint)."""
+        self._sizes[:] = self._get([s.clear.remote() for s in self.shards])
+
+    def close(self) -> None:
+        """Kill the shard actors for good (their files stay): frees the directories for a new
+        client; the object is unusable afterwards."""
+        import ray
+
+        for shard in self.shards:
+            ray.kill(shard, no_restart=True)
+        self.shards = []
+
+    @staticmethod
+    def _get(refs: Any) -> Any:
+        """`ray.get`, re-raising a shard's UserError/ValueError as itself: one clear line for
+        the CLI instead of Ray's wrapper with the remote traceback."""
+        import ray
+
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, UserError | ValueError):
+                raise e.cause from None
+            raise
+
+
+def _small(shard_state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in shard_state.items() if k not in ("num_transitions", "num_episodes")}
+
+
+def _merge(
+    parts: list[dict[str, np.ndarray]], rng: np.random.Generator, device: Any
+) -> dict[str, Any]:
+    """Concatenate shard batches along the batch axis in a random order (one copy)."""
+    sizes = [len(p["task"]) for p in parts]
+    total = sum(sizes)
+    perm = rng.permutation(total)
+    bounds = np.cumsum([0, *sizes])
+    out: dict[str, Any] = {}
+    for key, first in parts[0].items():
+        axis = _BATCH_AXIS.get(key, 1)
+        shape = list(first.shape)
+        shape[axis] = total
+        buf = np.empty(shape, first.dtype)
+        for p, lo, hi in zip(parts, bounds[:-1], bounds[1:]):
+            index = (slice(None),) * axis + (perm[lo:hi],)
+            buf[index] = p[key]
+        out[key] = buf
+    if device is not None:
+        import torch
+
+        return {k: torch.from_numpy(v).to(device) for k, v in out.items()}
+    return out
