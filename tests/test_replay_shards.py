@@ -89,7 +89,7 @@ def test_routing_is_stable_across_processes_and_even() -> None:
         "import json, sys; from actors.replay_shard import shard_of; "
         "keys = json.load(sys.stdin); print(json.dumps([shard_of(k, 4) for k in keys]))"
     )
-    env = {**os.environ, "PYTHONHASHSEED": "12345"}  # another salt for str hash(): unused
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}  # another str-hash salt: routing ignores it
     out = subprocess.run(
         [sys.executable, "-c", code], input=json.dumps(keys), env=env, capture_output=True,
         text=True, check=True, cwd=Path(__file__).parents[1],
