@@ -40,6 +40,17 @@ def make_ldmpc_env(ctx: dict[str, Any]) -> gym.Env:
     return make_env(ctx["task"], seed=int(ctx["seed"]), obs=ctx.get("obs", "state"))
 
 
+def quiet_ray_logs() -> None:
+    """Ray/RLlib's informational warnings (deprecations, token auth) off unless LDMPC_DEBUG=1;
+    real errors still show. Called in the driver and in every remote actor."""
+    import logging
+    import os
+
+    level = logging.DEBUG if os.environ.get("LDMPC_DEBUG") == "1" else logging.ERROR
+    for name in ("ray", "ray.rllib", "ray.tune"):
+        logging.getLogger(name).setLevel(level)
+
+
 class LdmpcEnvRunner(SingleAgentEnvRunner):
     """SingleAgentEnvRunner with distinct env seeds, seeded random actions, the planning device.
 
@@ -56,6 +67,7 @@ class LdmpcEnvRunner(SingleAgentEnvRunner):
             from ldmpc.runtime import set_threads
 
             set_threads(getattr(config, "ldmpc", {}).get("torch_threads") or 1)
+            quiet_ray_logs()  # its log lines reach the driver's terminal
         super().__init__(config=config, **kwargs)
 
     def make_env(self) -> None:

@@ -48,7 +48,13 @@ from ray.rllib.utils.metrics import (
     WEIGHTS_SEQ_NO,
 )
 
-from actors.env_runner import EpisodeStitcher, FinishedEpisode, LdmpcEnvRunner, register_ldmpc_env
+from actors.env_runner import (
+    EpisodeStitcher,
+    FinishedEpisode,
+    LdmpcEnvRunner,
+    quiet_ray_logs,
+    register_ldmpc_env,
+)
 from actors.planner_module import PlannerModule, module_config, to_batch_major
 from ldmpc.errors import UserError
 from learner.tdmpc_learner import NONFINITE_STREAK, TdmpcLearner
@@ -108,6 +114,8 @@ def rllib_config(cfg: DictConfig) -> LdmpcConfig:
         .env_runners(
             env_runner_cls=LdmpcEnvRunner,
             num_env_runners=cfg.num_env_runners,
+            num_cpus_per_env_runner=cfg.num_cpus_per_env_runner,
+            num_gpus_per_env_runner=cfg.num_gpus_per_env_runner,
             num_envs_per_env_runner=cfg.num_envs,
             rollout_fragment_length=1,  # one vector step per training_step, as TD-MPC2
             gym_env_vectorize_mode="sync",
@@ -387,9 +395,8 @@ def init_ray(cfg: DictConfig) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Ray/RLlib log informational WARNINGs on every start (token auth on, new API stack,
     # deprecations, gputil): noise for a user. Real errors still show.
-    quiet = logging.DEBUG if os.environ.get("LDMPC_DEBUG") == "1" else logging.ERROR
-    for name in ("ray", "ray.rllib", "ray.tune"):
-        logging.getLogger(name).setLevel(quiet)
+    quiet_ray_logs()
+    quiet = logging.getLogger("ray").level
     ray.init(
         num_cpus=len(os.sched_getaffinity(0)),
         include_dashboard=False,
@@ -397,7 +404,23 @@ def init_ray(cfg: DictConfig) -> bool:
         log_to_driver=cfg.num_env_runners > 0 or cfg.num_learners > 0,
         logging_level=quiet,
     )
+    check_resources(cfg)
     return True
+
+
+def check_resources(cfg: DictConfig) -> None:
+    """One line instead of a run that waits forever for env runners Ray cannot place."""
+    import ray
+
+    have = ray.cluster_resources()
+    for kind, per in (("CPU", cfg.num_cpus_per_env_runner), ("GPU", cfg.num_gpus_per_env_runner)):
+        need = cfg.num_env_runners * per
+        if need > have.get(kind, 0.0) + 1e-9:
+            key = f"num_{kind.lower()}s_per_env_runner"
+            raise UserError(
+                f"num_env_runners={cfg.num_env_runners} x {key}={per:g} needs {need:g} {kind}s; "
+                f"this Ray has {have.get(kind, 0.0):g}: lower them (fractions such as 0.5 work)"
+            )
 
 
 def build_algorithm(cfg: DictConfig) -> LdmpcAlgorithm:

@@ -142,6 +142,10 @@ class Config:
     num_envs: int = _f(1, "envs per env runner, planned in one batched call")
     num_env_runners: int = _f(0, "remote env-runner actors (0: act in the driver, local mode)")
     num_learners: int = _f(0, "remote learners (0: learn in the driver, local mode)")
+    num_cpus_per_env_runner: float = _f(
+        1.0, "CPUs Ray reserves per remote env runner (0.5: two per core)"
+    )
+    num_gpus_per_env_runner: float = _f(0.0, "GPUs per remote env runner (its planner's device)")
     torch_threads: int = _f(0, "torch CPU threads per process (0: all cores of this process)")
     checkpoint_freq: int = _f(50_000, "agent steps between checkpoints (0: only at the end)")
     resume: bool = _f(False, "continue the run in the run directory (steps, optimizer, replay)")
@@ -315,6 +319,8 @@ RANGE_RULES: list[tuple[Callable[[Any], bool], str, tuple[str, ...]]] = [
             "num_diffusion_proposals",
             "diffusion_coef",
             "proposal_coef",
+            "num_cpus_per_env_runner",
+            "num_gpus_per_env_runner",
         ),
     ),
     (
@@ -391,10 +397,10 @@ def validate(cfg: DictConfig) -> None:
                 f"(available: {', '.join(IMPLEMENTED[key])})"
             )
     _validate_diffusion(cfg)
-    if cfg.num_env_runners or cfg.num_learners:
+    if cfg.num_learners:
         raise UserError(
-            "num_env_runners/num_learners > 0 (distributed mode) is not implemented "
-            "yet in this version; use the default local mode (0)"
+            "num_learners > 0 (a remote learner group) is not implemented yet in this "
+            "version; use the default local learner (0)"
         )
     if cfg.data_dir is not None:
         raise UserError("data_dir (offline training) is not implemented yet in this version")

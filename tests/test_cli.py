@@ -26,7 +26,7 @@ BAD_INPUTS = [
     (["train", "model_size=7"], "allowed 1, 5, 19, 48, 317"),
     (["train", "lr=fast"], "expected a number"),
     (["train", "task=mw-reach,myo-reach"], "must share the action repeat"),
-    (["train", "num_env_runners=2"], "not implemented yet"),
+    (["train", "num_learners=2"], "not implemented yet"),
     (["eval", "task=cartpole-swingup"], "checkpoint="),
     (["tune", "tune_configs/asha_cartpole.yaml"], "not available yet"),
     (["tasks", "extra"], "no arguments"),
