@@ -149,7 +149,7 @@ def plot(curves: dict[str, list[dict[str, float]]], path: Path) -> None:
     for ax, task in zip(axes[0], tasks):
         for key, rows in sorted(curves.items()):
             if key.startswith(task + "/") and rows:
-                ax.plot([r["step"] for r in rows], [r["episode_reward"] for r in rows],
+                ax.plot([r["step"] for r in rows], [r["episode_reward"] for r in rows], marker="o",
                         label=key.split("/", 1)[1])  # fmt: skip
         ax.set_title(task)
         ax.set_xlabel("agent steps")
