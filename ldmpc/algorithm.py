@@ -463,6 +463,10 @@ def _train(algo: LdmpcAlgorithm, cfg: DictConfig) -> dict[str, Any]:
         with GracefulExit() as stop:
             while True:
                 step = algo.counters.env_steps
+                owed = algo.counters.owed_updates >= 1 and algo.replay.num_episodes > 0
+                if owed and step >= algo.sample_until and not stop.requested:
+                    algo.train()  # pay the updates owed (e.g. the seed catch-up) before an
+                    continue  # eval, a checkpoint or the end, as TD-MPC2 does
                 if not stop.requested and evals.due(step):
                     last_eval = evaluator(algo, step)
                     log.log_eval(step, last_eval)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Iterator
 
 import pytest
 import torch
+
+# One Ray auth token for the whole test process (and the `ldmpc` subprocesses it starts): a driver
+# keeps the token of its first ray.init, so a later local Ray started with another token fails
+# ("Failed to start GCS"). Set here, nothing is written to ~/.ray/auth_token.
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,10 @@
 """End-to-end learning: `ldmpc train` on cartpole-swingup for 2,500 agent steps at the
 `make train` budget must end clearly above a uniformly random policy on the same eval seeds.
 
-Measured on the 2-core box (seeds 1 and 2): eval return 197 and 232 at 2,500 steps, while random
-actions score 40-110 per episode. About 4-5 minutes with both cores free (issue 5 asks <= 5).
+Measured on the 2-core box: eval return 180-197 (seed 1) and 232 (seed 2) at 2,500 steps, while
+random actions score 82 on these 4 eval episodes. 7.5 minutes with another training run holding one
+of the two cores; the training itself is ~1,500 updates + ~1,500 planned steps (issue 5 asks
+<= 5 minutes on 2 free cores).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from benchmarks.learning import make_train_budget
 from ldmpc.envs import make_vector_env
 
 STEPS = 2500
-EPISODES = 2
+EPISODES = 4
 SEED = 1
 
 
@@ -63,4 +65,6 @@ def test_short_training_beats_random_clearly(tmp_path: Path) -> None:
     trained = float(rows[-1]["episode_reward"])
     task = next(a.split("=", 1)[1] for a in budget if a.startswith("task="))
     random_mean = float(random_policy_returns(task, SEED).mean())
-    assert trained > max(2.0 * random_mean, random_mean + 75.0), (trained, random_mean)
+    # measured: 180-232 after 2,500 steps vs 82 for random actions (these 4 eval episodes);
+    # an agent that does not learn stays near its untrained 80-120
+    assert trained > max(1.5 * random_mean, random_mean + 60.0), (trained, random_mean)

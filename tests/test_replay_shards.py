@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -71,7 +70,6 @@ def local_ray() -> Iterator[None]:
     temp = tempfile.mkdtemp(prefix="ldr")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_TMPDIR", temp)
-        mp.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))  # no ~/.ray/auth_token is written
         mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
         try:
