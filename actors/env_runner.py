@@ -64,9 +64,9 @@ class LdmpcEnvRunner(SingleAgentEnvRunner):
 
     def __init__(self, *, config: Any, **kwargs: Any) -> None:
         if kwargs.get("worker_index"):  # a remote actor: pin its torch threads (DESIGN.md §3.3)
-            from ldmpc.runtime import set_threads
+            from ldmpc.runtime import set_actor_threads
 
-            set_threads(getattr(config, "ldmpc", {}).get("torch_threads") or 1)
+            set_actor_threads(config)
             quiet_ray_logs()  # its log lines reach the driver's terminal
         super().__init__(config=config, **kwargs)
 

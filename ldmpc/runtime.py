@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 
@@ -27,3 +28,10 @@ def set_threads(requested: int) -> int:
     n = requested or len(os.sched_getaffinity(0))
     torch.set_num_threads(max(1, n))
     return n
+
+
+def set_actor_threads(rllib_config: Any) -> int:
+    """A remote Ray actor's share: the run's `torch_threads`, or 1 when that is 0 ("all cores"
+    would oversubscribe the machine once several actors share it)."""
+    requested = getattr(rllib_config, "ldmpc", {}).get("torch_threads") or 1
+    return set_threads(requested)

@@ -30,9 +30,9 @@ class TdmpcLearner(TorchLearner):
 
     def build(self) -> None:
         if self.config.num_learners > 0:  # a remote actor: pin its torch threads (§3.3)
-            from ldmpc.runtime import set_threads
+            from ldmpc.runtime import set_actor_threads
 
-            set_threads(getattr(self.config, "ldmpc", {}).get("torch_threads") or 1)
+            set_actor_threads(self.config)
         super().build()
         self._step_ok = True
         self._fwd_out: dict[ModuleID, dict[str, Any]] = {}
