@@ -38,13 +38,15 @@ class Agent:
         self.model = WorldModel(self.cfg).to(self.device).eval()
         self.scale = RunningScale(self.cfg.tau).to(self.device)
         m, lr = self.model, self.cfg.lr
+        dynamics = list(m._dynamics.parameters()) if m._dynamics is not None else []
         wm_groups = [
             {"params": list(m._encoder.parameters()), "lr": lr * self.cfg.enc_lr_scale},
-            {"params": [*m._reward.parameters(), *m._Qs.parameters()]},
+            {"params": [*dynamics, *m._reward.parameters(), *m._Qs.parameters()]},
         ]
         if self.model.multitask:
             wm_groups.append({"params": list(m._task_emb.parameters())})
-        for name in ("_dynamics", "_diff_dynamics", "_proposals"):  # whichever exist
+        for name in ("_diff_dynamics", "_proposals"):  # after the TD-MPC2 groups: old
+            # checkpoints' optimizer states keep matching group by group
             if getattr(m, name, None) is not None:
                 wm_groups.append({"params": list(getattr(m, name).parameters())})
         fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {}

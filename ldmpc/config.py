@@ -448,7 +448,10 @@ def _validate_diffusion(cfg: DictConfig) -> None:
             f"scales={format_value(scales)} needs dynamics=diffusion (mlp dynamics have one scale)"
         )
     _check(
-        plan_scales[:1] == [1] and len(plan_scales) <= 2 and set(plan_scales) <= set(scales),
+        plan_scales[:1] == [1]
+        and len(plan_scales) <= 2
+        and set(plan_scales) <= set(scales)
+        and (len(plan_scales) == 1 or plan_scales[1] > 1),
         "plan_scales",
         plan_scales,
         f"must be [1] or [1,s] with s in scales (= {scales})",
@@ -488,6 +491,11 @@ def derive(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int) -> Dict
     cfg.metric = specs[0].metric
     cfg.obs_shape = list(obs_shape)
     cfg.window = cfg.horizon * max(cfg.scales)
+    if cfg.window > cfg.episode_length:
+        raise UserError(
+            f"horizon * max(scales) = {cfg.window} exceeds the episode length "
+            f"{cfg.episode_length} of task={cfg.task}: no replay window would fit"
+        )
     cfg.action_dim = int(action_dim)
     cfg.discount = discount_heuristic(
         cfg.episode_length, cfg.discount_denom, cfg.discount_min, cfg.discount_max
@@ -529,6 +537,8 @@ def fingerprint(cfg: DictConfig) -> dict[str, Any]:
         fp["num_channels"] = cfg.num_channels
     if list(cfg.scales) != [1]:  # multi-scale denoiser shapes (absent from one-scale checkpoints)
         fp["scales"] = list(cfg.scales)
+    if cfg.dynamics == "diffusion" or cfg.proposal != "policy":  # denoisers: one token per step
+        fp["horizon"] = cfg.horizon
     return fp
 
 

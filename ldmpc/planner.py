@@ -117,10 +117,12 @@ def model_evals_per_decision(cfg: Any) -> dict[str, int]:
     per candidate; `proposal` counts the proposal denoiser's action tokens.
     """
     It, (P, D, G), H = plan_iterations(cfg), pool_sizes(cfg), cfg.horizon
+    heun = getattr(cfg, "diffusion_sampler", "euler") == "heun"
+    calls = (lambda n: 2 * n - 1) if heun else (lambda n: n)  # denoiser calls of n steps
     per_step = 1
     gen_pi = P * (H - 1)
     if getattr(cfg, "dynamics", "mlp") == "diffusion":
-        per_step = cfg.diffusion_steps
+        per_step = calls(cfg.diffusion_steps)
         gen_pi = P * (H * (H - 1) // 2)  # autoregressive: prefixes of 1..H-1 tokens
     rolled = (P + D) + It * G  # candidate rollouts per decision
     tail = H * (H + 1) // 2 if len(getattr(cfg, "plan_scales", [1])) > 1 else 0  # prefixes
@@ -129,7 +131,7 @@ def model_evals_per_decision(cfg: Any) -> dict[str, int]:
         "reward": (P + D) * H + It * G * H + rolled * (H if tail else 0),
         "pi": P * H + It * (P + D + G) + rolled * (H if tail else 0),
         "q_heads": It * (P + D + G) * 2,
-        "proposal": D * H * (cfg.proposal_steps if D else 0),
+        "proposal": D * H * (calls(cfg.proposal_steps) if D else 0),
     }
 
 

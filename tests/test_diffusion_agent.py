@@ -279,3 +279,23 @@ def test_multiscale_training_and_coarse_tail_planning() -> None:
     g_tail, _ = rollout(model, z.unsqueeze(1), acts, cfg, None, noise.dyn)
     g_head, _ = rollout(model, z.unsqueeze(1), acts, head_only, None, noise.dyn)
     assert not torch.allclose(g_tail, g_head)
+
+
+def test_review_fixes_checkpoint_layout_and_validation() -> None:
+    # the TD-MPC2 optimizer groups keep their layout (old checkpoints' optimizer states load);
+    # the diffusion parts come after them
+    base = Agent(make_cfg(), "cpu")
+    m = base.model
+    first_two = [len(g["params"]) for g in base.optim.param_groups]
+    expected = len([*m._dynamics.parameters(), *m._reward.parameters(), *m._Qs.parameters()])
+    assert first_two == [len(list(m._encoder.parameters())), expected]
+    both = Agent(make_cfg(*ALL_ON), "cpu")
+    assert len(both.optim.param_groups) == 4  # encoder, reward+Q, denoiser, proposals
+    with pytest.raises(UserError, match="plan_scales"):
+        make_cfg(*ALL_ON, "plan_scales=[1,1]")
+    with pytest.raises(UserError, match="exceeds the episode length 500"):
+        make_cfg(*ALL_ON, "scales=[1,256]")
+    assert config.fingerprint(make_cfg(*ALL_ON))["horizon"] == 3
+    assert "horizon" not in config.fingerprint(make_cfg())
+    heun = model_evals_per_decision(make_cfg("proposal=diffusion", "diffusion_sampler=heun"))
+    assert heun["proposal"] == 6 * 3 * 3  # 2 steps of Heun: 3 denoiser calls
