@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from env_rollout import rollout
 
 from ldmpc.envs import make_env, make_vector_env
 from ldmpc.envs.custom import CUSTOM_TASKS
@@ -18,17 +19,6 @@ DENSE_CUSTOM = [
     for name, spec in TASKS.items()
     if spec.env_kwargs.get("custom") and not name.startswith(("reacher-", "hopper-"))
 ]
-
-
-def _rollout(env, seed: int | None, steps: int, action_seed: int = 0) -> np.ndarray:
-    """Observations and rewards of one rollout with a fixed action sequence, as one array."""
-    obs, _ = env.reset(seed=seed)
-    rng = np.random.default_rng(action_seed)
-    out = [obs]
-    for _ in range(steps):
-        obs, reward, _, _, _ = env.step(rng.uniform(-1, 1, env.action_space.shape))
-        out += [obs, np.array([reward], np.float32)]
-    return np.concatenate(out)
 
 
 def _base(env):
@@ -124,14 +114,14 @@ def test_cup_spin_starts_with_the_ball_in_the_cup_mostly() -> None:
 def test_same_seed_same_trajectory(task: str) -> None:
     a, b = make_env(task, seed=0), make_env(task, seed=123)
     n = a.observation_space.shape[0]
-    first = _rollout(a, seed=7, steps=40)
-    _rollout(b, seed=None, steps=25)  # b has history: another seed, another episode
-    np.testing.assert_array_equal(first, _rollout(b, seed=7, steps=40))
+    first = rollout(a, seed=7, steps=40)
+    rollout(b, seed=None, steps=25)  # b has history: another seed, another episode
+    np.testing.assert_array_equal(first, rollout(b, seed=7, steps=40))
     # the constructor's seed is the seed of the first (unseeded) reset
     np.testing.assert_array_equal(make_env(task, seed=7).reset()[0], first[:n])
     # unseeded resets continue the random stream: a new episode, identical across the two envs
-    second = _rollout(a, seed=None, steps=5)
-    np.testing.assert_array_equal(second, _rollout(b, seed=None, steps=5))
+    second = rollout(a, seed=None, steps=5)
+    np.testing.assert_array_equal(second, rollout(b, seed=None, steps=5))
     assert not np.array_equal(second[:n], first[:n])
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from env_rollout import rollout
 
 from ldmpc.errors import UserError
 
@@ -50,16 +51,6 @@ def envs_module():
     from ldmpc.envs import maniskill2
 
     return maniskill2
-
-
-def _rollout(env, seed: int | None, steps: int, action_seed: int = 0) -> np.ndarray:
-    obs, _ = env.reset(seed=seed)
-    rng = np.random.default_rng(action_seed)
-    out = [obs]
-    for _ in range(steps):
-        obs, reward, _, _, _ = env.step(rng.uniform(-1, 1, env.action_space.shape))
-        out += [obs, np.array([reward], np.float32)]
-    return np.concatenate(out)
 
 
 @pytest.mark.parametrize("task", ASSET_FREE)
@@ -138,17 +129,17 @@ def test_success_is_reported_and_ends_the_episode(envs_module) -> None:
     base.close()
 
 
-def test_same_seed_same_rollout(envs_module) -> None:
+def test_same_seed_samerollout(envs_module) -> None:
     from ldmpc.envs import make_env
 
     a, b = make_env("pick-cube", seed=0), make_env("pick-cube", seed=123)
     n = a.observation_space.shape[0]
-    first = _rollout(a, seed=7, steps=15)
-    _rollout(b, seed=None, steps=10)  # b has history: another seed, another episode
-    np.testing.assert_array_equal(first, _rollout(b, seed=7, steps=15))
+    first = rollout(a, seed=7, steps=15)
+    rollout(b, seed=None, steps=10)  # b has history: another seed, another episode
+    np.testing.assert_array_equal(first, rollout(b, seed=7, steps=15))
     np.testing.assert_array_equal(make_env("pick-cube", seed=7).reset()[0], first[:n])
-    second = _rollout(a, seed=None, steps=3)  # unseeded resets continue the same stream
-    np.testing.assert_array_equal(second, _rollout(b, seed=None, steps=3))
+    second = rollout(a, seed=None, steps=3)  # unseeded resets continue the same stream
+    np.testing.assert_array_equal(second, rollout(b, seed=None, steps=3))
     assert not np.array_equal(second[:n], first[:n])
 
 

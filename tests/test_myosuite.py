@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from env_rollout import rollout
 
 from ldmpc.envs import make_env, make_vector_env
 from ldmpc.envs.render import rendering_problem
@@ -21,17 +22,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 MYO_TASKS = [name for name, spec in TASKS.items() if spec.suite == "myosuite"]
-
-
-def _rollout(env, seed: int | None, steps: int, action_seed: int = 0) -> np.ndarray:
-    """Observations, rewards and success flags of one rollout with fixed actions, as one array."""
-    obs, _ = env.reset(seed=seed)
-    rng = np.random.default_rng(action_seed)
-    out = [obs]
-    for _ in range(steps):
-        obs, reward, _, _, info = env.step(rng.uniform(-1, 1, env.action_space.shape))
-        out += [obs, np.array([reward, info["success"]], np.float32)]
-    return np.concatenate(out)
 
 
 def test_all_10_tasks_are_registered() -> None:
@@ -87,14 +77,14 @@ def test_success_is_reported_when_the_task_is_solved() -> None:
 def test_same_seed_same_trajectory(task: str) -> None:
     a, b = make_env(task, seed=0), make_env(task, seed=123)
     n = a.observation_space.shape[0]
-    first = _rollout(a, seed=7, steps=20)
-    _rollout(b, seed=None, steps=15)  # b has history: another seed, another episode
-    np.testing.assert_array_equal(first, _rollout(b, seed=7, steps=20))
+    first = rollout(a, seed=7, steps=20)
+    rollout(b, seed=None, steps=15)  # b has history: another seed, another episode
+    np.testing.assert_array_equal(first, rollout(b, seed=7, steps=20))
     # the constructor's seed is the seed of the first (unseeded) reset
     np.testing.assert_array_equal(make_env(task, seed=7).reset()[0], first[:n])
     # unseeded resets continue the random stream: a new target, identical across the two envs
-    second = _rollout(a, seed=None, steps=5)
-    np.testing.assert_array_equal(second, _rollout(b, seed=None, steps=5))
+    second = rollout(a, seed=None, steps=5)
+    np.testing.assert_array_equal(second, rollout(b, seed=None, steps=5))
     assert not np.array_equal(second[:n], first[:n])
 
 
