@@ -11,13 +11,17 @@ TRAIN_ARGS ?= task=cartpole-swingup model_size=1 batch_size=64 iterations=2 num_
 ARGS   ?=
 B      ?=
 QUICK  ?=
+# Lower-case command-line variables are config keys: `make train task=mw-door-open obs=rgb` forwards
+# them after the budget, so they win over it (the CLI keeps the last value of a key).
+MAKE_VARS   := TRAIN_ARGS ARGS B QUICK PY PYTEST RUFF
+CONFIG_ARGS  = $(strip $(foreach v,$(filter-out $(MAKE_VARS),$(.VARIABLES)),$(if $(filter command line,$(origin $v)),$v=$($v))))
 
 .PHONY: setup train test lint format bench clean
 setup:
 	@bash scripts/setup.sh
 
 train: setup
-	$(PY) -m ldmpc.cli train $(TRAIN_ARGS) $(ARGS)
+	$(PY) -m ldmpc.cli train $(TRAIN_ARGS) $(CONFIG_ARGS) $(ARGS)
 
 test: setup
 	$(PYTEST) -q -m "not slow and not gpu" $(ARGS)
