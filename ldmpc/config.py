@@ -141,7 +141,27 @@ class Config:
     device: str = _f("auto", "torch device: auto | cpu | cuda | cuda:N")
     num_envs: int = _f(1, "envs per env runner, planned in one batched call")
     num_env_runners: int = _f(0, "remote env-runner actors (0: act in the driver, local mode)")
-    num_learners: int = _f(0, "remote learners (0: learn in the driver, local mode)")
+    num_learners: int = _f(
+        0, "remote learners (0: learn in the driver; >=2: DDP, gloo on CPU / nccl on GPU)"
+    )
+    num_cpus_per_learner: float = _f(1.0, "CPUs Ray reserves per remote learner")
+    num_gpus_per_learner: float = _f(0.0, "GPUs per remote learner (0: CPU; DDP uses nccl on GPU)")
+    replay_shards: int = _f(0, "replay shard actors (0: replay lives in the driver)")
+    replay_snapshot_every: int = _f(
+        16, "episodes a replay shard receives between its Arrow snapshots (and at checkpoints)"
+    )
+    sync_every: int = _f(1, "learner updates between weight broadcasts to the env runners")
+    async_learning: bool = _f(
+        False,
+        "overlap sampling and learning (alias: async); utd_ratio is held by pausing the "
+        "runners when the update backlog exceeds max_update_lag",
+    )
+    max_update_lag: int = _f(
+        64, "async: the most updates learning may fall behind the env steps (utd_ratio x steps)"
+    )
+    address: str | None = _f(
+        None, "Ray cluster to join (auto | host:port | ray://host:port); null: start a local Ray"
+    )
     num_cpus_per_env_runner: float = _f(
         1.0, "CPUs Ray reserves per remote env runner (0.5: two per core)"
     )
@@ -199,12 +219,17 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+# Keys users type that are not Python identifiers (the issue's `async=true`).
+KEY_ALIASES = {"async": "async_learning"}
+
+
 def split_overrides(overrides: list[str]) -> dict[str, str]:
     """`['a=1', 'b=x']` -> {'a': '1', 'b': 'x'}; rejects malformed items and unknown keys."""
     out: dict[str, str] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
         key = key.strip().lstrip("+")
+        key = KEY_ALIASES.get(key, key)
         if not sep or not key:
             raise UserError(f"bad argument '{item}': expected key=value (e.g. task=walker-walk)")
         if key not in FIELDS:
@@ -298,6 +323,9 @@ RANGE_RULES: list[tuple[Callable[[Any], bool], str, tuple[str, ...]]] = [
             "latent_dim",
             "num_enc_layers",
             "num_envs",
+            "replay_snapshot_every",
+            "sync_every",
+            "max_update_lag",
             "simnorm_dim",
             "num_channels",
             "diffusion_steps",
@@ -316,6 +344,9 @@ RANGE_RULES: list[tuple[Callable[[Any], bool], str, tuple[str, ...]]] = [
             "seed_steps",
             "num_env_runners",
             "num_learners",
+            "num_cpus_per_learner",
+            "num_gpus_per_learner",
+            "replay_shards",
             "num_diffusion_proposals",
             "diffusion_coef",
             "proposal_coef",
