@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -371,11 +372,15 @@ def build_algorithm(cfg: DictConfig) -> LdmpcAlgorithm:
     return rllib_config(cfg).build_algo()
 
 
-def run_training(cfg: DictConfig) -> dict[str, Any]:
+EvalHook = Callable[[int, dict[str, float], LdmpcAlgorithm], None]
+
+
+def run_training(cfg: DictConfig, on_eval: EvalHook | None = None) -> dict[str, Any]:
     """`ldmpc train`: train until cfg.steps with periodic eval and checkpoints; resumable.
 
     SIGINT/SIGTERM finish the current iteration, write a checkpoint and return. Returns the
-    final counters, the last eval result and whether the run was interrupted.
+    final counters, the last eval result and whether the run was interrupted. `on_eval(step,
+    result, algo)` runs after each evaluation is logged (Ray Tune reports from there).
     """
     import ray
 
@@ -385,14 +390,14 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     started_ray = init_ray(cfg)
     algo = build_algorithm(cfg)
     try:
-        return _train(algo, cfg)
+        return _train(algo, cfg, on_eval)
     finally:
         algo.stop()
         if started_ray:
             ray.shutdown()
 
 
-def _train(algo: LdmpcAlgorithm, cfg: DictConfig) -> dict[str, Any]:
+def _train(algo: LdmpcAlgorithm, cfg: DictConfig, on_eval: EvalHook | None) -> dict[str, Any]:
     from ldmpc.checkpoint import GracefulExit
     from ldmpc.logging import RunLogger
 
@@ -414,6 +419,8 @@ def _train(algo: LdmpcAlgorithm, cfg: DictConfig) -> dict[str, Any]:
                 if not stop.requested and evals.due(step):
                     last_eval = evaluator(algo, step)
                     log.log_eval(step, last_eval)
+                    if on_eval is not None:
+                        on_eval(step, last_eval, algo)
                 if step >= cfg.steps or stop.requested:
                     break
                 algo.sample_until = min(cfg.steps, evals.next_at, checkpoints.next_at)
