@@ -87,7 +87,13 @@ def cmd_eval(args: list[str]) -> int:
 
 
 def cmd_tune(args: list[str]) -> int:
-    raise UserError("`ldmpc tune` is not available yet in this version (the Ray runtime issue)")
+    if not args or "=" in args[0]:
+        raise UserError(
+            "tune needs a sweep file first: ldmpc tune tune_configs/<file>.yaml [key=value ...]"
+        )
+    from ldmpc.sweep import run_sweep  # imports ray lazily, only once the file is checked
+
+    return run_sweep(args[0], args[1:])
 
 
 def cmd_bench(args: list[str]) -> int:

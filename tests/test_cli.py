@@ -28,7 +28,7 @@ BAD_INPUTS = [
     (["train", "task=mw-reach,myo-reach"], "must share the action repeat"),
     (["train", "num_learners=2"], "not implemented yet"),
     (["eval", "task=cartpole-swingup"], "checkpoint="),
-    (["tune", "tune_configs/asha_cartpole.yaml"], "not available yet"),
+    (["tune", "tune_configs/missing.yaml"], "sweep file not found"),
     (["tasks", "extra"], "no arguments"),
     (["frobnicate"], "invalid choice"),
 ]
