@@ -31,7 +31,10 @@ CHECKPOINTS_KEPT = 4  # per trial (PBT); Tune warns that <= 2 can delete one bei
 def run_sweep(path: str, overrides: list[str]) -> int:
     """Check the sweep file, run it on Ray Tune, print the best trial. Returns the exit code."""
     spec = load_spec(path, overrides)
-    os.makedirs(spec.storage_path, exist_ok=True)
+    try:
+        os.makedirs(spec.storage_path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"work_dir: cannot create {spec.storage_path}: {e.strerror}") from None
     if not os.access(spec.storage_path, os.W_OK | os.X_OK):
         raise UserError(f"work_dir: {spec.storage_path} is not a writable directory")
     import ray

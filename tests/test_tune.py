@@ -107,6 +107,7 @@ def test_bad_sweep_file_is_one_line_exit_2(
         (["{tmp}"], "cannot read sweep file"),  # a directory
         (["{tmp}/ok.yaml", "lr=fast"], "lr=fast: expected a number"),
         (["{tmp}/ok.yaml", "horizn=3"], "did you mean: horizon"),
+        (["{tmp}/ok.yaml", "work_dir={tmp}/ok.yaml/runs"], "work_dir: cannot create"),
     ],
 )
 def test_bad_command_line_is_one_line_exit_2(
