@@ -1,22 +1,42 @@
 """Top floor: joining or starting Ray for a run (temp dir, logging, resources, address).
 
 Like `algorithm.py` and `cli.py` this module may import ray; the core below never does.
+
+`address=` (else RAY_ADDRESS, which `ray job submit` sets for its jobs) joins a running cluster;
+null starts a private local Ray. An address is probed with a plain TCP connect first: ray.init
+retries an address where nothing listens for more than 5 minutes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
 
 from omegaconf import DictConfig
 
-from actors.env_runner import quiet_ray_logs
 from ldmpc.errors import UserError
 
 # Ray's unix sockets live at <temp>/ray/session_<date>_<time>_<us>_<pid>/sockets/plasma_store,
 # ~68 characters below its temp dir, and Linux caps a socket path at 107.
 _RAY_SOCKET_SUFFIX = len("/ray/session_2026-01-01_00-00-00_000000_9999999/sockets/plasma_store")
 _SOCKET_PATH_MAX = 107
+
+PROBE_TIMEOUT_S = 3.0
+# HTTP/2 client preface + an empty SETTINGS frame: a gRPC server (Ray's GCS, the Ray Client
+# server) answers with its own SETTINGS frame (type byte 0x04), an HTTP/1 server with "HTTP/".
+_H2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_H2_SETTINGS = 0x04
+# A joined cluster may still be scaling up (cluster.yaml starts with no GPU workers): how long to
+# wait for the autoscaler before the one-line resource error.
+CLUSTER_WAIT_S = float(os.environ.get("LDMPC_CLUSTER_WAIT_S", "600"))
+_POLL_S = 5.0
 
 
 def check_ray_temp_dir() -> None:
@@ -31,30 +51,202 @@ def check_ray_temp_dir() -> None:
 
 
 def init_ray(cfg: DictConfig) -> bool:
-    """Start a local Ray (no dashboard, temp files under RAY_TMPDIR); False if already up."""
+    """Join the cluster at `cfg.address` (else RAY_ADDRESS), or start a local Ray.
+
+    Returns False when Ray was already up (a Tune trial), else True: the caller then ends with
+    `ray.shutdown()`, which stops a local Ray and only disconnects from a joined cluster.
+    """
     import ray
+
+    from actors.env_runner import quiet_ray_logs  # imports RLlib: keep this module light
 
     if ray.is_initialized():
         return False
-    check_ray_temp_dir()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Ray/RLlib log informational WARNINGs on every start (token auth on, new API stack,
     # deprecations, gputil): noise for a user. Real errors still show.
     quiet_ray_logs()
     quiet = logging.getLogger("ray").level
-    ray.init(
-        num_cpus=len(os.sched_getaffinity(0)),
-        include_dashboard=False,
-        dashboard_host="127.0.0.1",
-        log_to_driver=cfg.num_env_runners > 0 or cfg.num_learners > 0,
-        logging_level=quiet,
-    )
-    check_resources(cfg)
+    log_to_driver = cfg.num_env_runners > 0 or cfg.num_learners > 0
+    target = cluster_address(cfg)
+    if target is None:
+        check_ray_temp_dir()
+        ray.init(
+            address="local",  # never a `ray start` cluster found on this machine by chance
+            num_cpus=len(os.sched_getaffinity(0)),
+            include_dashboard=False,
+            dashboard_host="127.0.0.1",
+            log_to_driver=log_to_driver,
+            logging_level=quiet,
+        )
+        check_resources(cfg)
+    else:
+        label, address = target
+        _join(label, address, log_to_driver=log_to_driver, level=quiet)
+        check_resources(cfg, wait_s=CLUSTER_WAIT_S)
     return True
 
 
-def check_resources(cfg: DictConfig) -> None:
-    """One line instead of a run that waits forever for env runners Ray cannot place."""
+def cluster_address(cfg: DictConfig) -> tuple[str, str] | None:
+    """(label for messages, probed address for ray.init), or None for a local Ray."""
+    if cfg.address:
+        label, raw = f"address={cfg.address}", str(cfg.address)
+    elif os.environ.get("RAY_ADDRESS"):
+        label, raw = f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}", os.environ["RAY_ADDRESS"]
+    else:
+        return None
+    raw = raw.strip()
+    if raw == "local":
+        return None
+    if raw == "auto":
+        raw = _auto_address(label)
+        label = f"{label} ({raw})"
+    scheme = "ray://" if raw.startswith("ray://") else ""
+    host, port = _host_port(label, raw.removeprefix(scheme))
+    probe(label, host, port)
+    return label, raw
+
+
+def _auto_address(label: str) -> str:
+    """RAY_ADDRESS, else the cluster the last `ray start` on this machine recorded.
+
+    Ray's own "auto" also joins any Ray process it finds by `ps`, e.g. another run's private
+    Ray that ends with that run: never wanted here.
+    """
+    if os.environ.get("RAY_ADDRESS", "auto") != "auto":
+        return os.environ["RAY_ADDRESS"]
+    from ray._common.utils import get_ray_address_file
+
+    path = get_ray_address_file(None)
+    try:
+        with open(path) as fh:
+            found = fh.read().strip()
+    except OSError:
+        found = ""
+    if not found:
+        raise UserError(
+            f"{label}: no Ray cluster was started on this machine (no {path}); start one with "
+            '"ray start --head" or give its host:port'
+        )
+    return found
+
+
+def _host_port(label: str, raw: str) -> tuple[str, int]:
+    if raw.startswith(("http://", "https://")):
+        raise UserError(
+            f"{label}: that is a dashboard/job-server URL (for `ray job submit --address`); "
+            "address= takes the cluster's host:port (ray start --port, default 6379)"
+        )
+    host, sep, port = raw.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(
+            f"{label}: expected auto, host:port or ray://host:port (e.g. 10.0.0.5:6379)"
+        )
+    return host, int(port)
+
+
+def probe(label: str, host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """A one-line UserError unless a gRPC server (Ray's GCS) answers at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(_H2_HELLO)
+            reply = sock.recv(9)
+    except ConnectionRefusedError:
+        why = "connection refused"
+    except socket.gaierror:
+        why = f"unknown host {host}"
+    except TimeoutError:
+        why = f"no answer within {timeout:g} s"
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+    else:
+        if len(reply) > 3 and reply[3] == _H2_SETTINGS:
+            return
+        if reply.startswith(b"HTTP/"):
+            raise UserError(
+                f"{label}: an HTTP server answers there (the Ray dashboard?), not the cluster's "
+                "GCS: use the port given to `ray start --head --port` (default 6379)"
+            )
+        why = "something answers, but not Ray (no gRPC reply)"
+    raise UserError(
+        f"{label}: no Ray cluster answers there ({why}); start one with "
+        '"ray start --head" or fix the address'
+    )
+
+
+def _join(label: str, address: str, *, log_to_driver: bool, level: int) -> None:
+    """ray.init(address): Ray rejects num_cpus/include_dashboard for an existing cluster."""
+    import ray
+    from ray._private.authentication.authentication_token_setup import (
+        maybe_enable_token_auth_if_token_available,
+    )
+
+    # As `ray start` does: a token at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH,
+    # ~/.ray/auth_token) means token auth unless RAY_AUTH_MODE says otherwise.
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    try:
+        with _stderr_kept_on_success():
+            ray.init(address=address, log_to_driver=log_to_driver, logging_level=level)
+    except ConnectionError as err:
+        if "InvalidAuthToken" in _chain(err) or "AuthenticationError" in _chain(err):
+            raise UserError(
+                f"{label}: the cluster refused this driver's auth token; give it the cluster's "
+                "token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) with "
+                "RAY_AUTH_MODE=token"
+            ) from err
+        raise UserError(f"{label}: could not join the Ray cluster ({err})") from err
+
+
+@contextlib.contextmanager
+def _stderr_kept_on_success() -> Iterator[None]:
+    """Hold what is written to fd 2 (Ray's C++ core logs there) and pass it on unless the block
+    fails: a refused token is retried ~20 times with a warning line each, and the failure is
+    reported as one line. LDMPC_DEBUG=1 shows everything."""
+    if os.environ.get("LDMPC_DEBUG") == "1":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not failed:
+                held.seek(0)
+                sys.stderr.buffer.write(held.read())
+                sys.stderr.flush()
+
+
+def _chain(err: BaseException | None) -> str:
+    """Names and messages of an exception and its causes, for matching."""
+    parts = []
+    while err is not None:
+        parts.append(f"{type(err).__name__}: {err}")
+        err = err.__cause__ or err.__context__
+    return "\n".join(parts)
+
+
+def check_resources(cfg: DictConfig, wait_s: float = 0.0) -> None:
+    """One line instead of a run that waits forever for env runners Ray cannot place.
+
+    On a joined cluster (`wait_s` > 0) a shortfall is first asked of the autoscaler and
+    waited for: a `ray up` cluster starts GPU workers only on demand.
+    """
+    short = _shortfall(cfg)
+    if short and wait_s > 0:
+        short = _wait_for_autoscaler(cfg, short, wait_s)
+    if short:
+        raise UserError(short)
+
+
+def _shortfall(cfg: DictConfig) -> str | None:
     import ray
 
     have = ray.cluster_resources()
@@ -62,7 +254,33 @@ def check_resources(cfg: DictConfig) -> None:
         need = cfg.num_env_runners * per
         if need > have.get(kind, 0.0) + 1e-9:
             key = f"num_{kind.lower()}s_per_env_runner"
-            raise UserError(
+            return (
                 f"num_env_runners={cfg.num_env_runners} x {key}={per:g} needs {need:g} {kind}s; "
                 f"this Ray has {have.get(kind, 0.0):g}: lower them (fractions such as 0.5 work)"
             )
+    return None
+
+
+def _wait_for_autoscaler(cfg: DictConfig, short: str, wait_s: float) -> str | None:
+    from ray.autoscaler.sdk import request_resources
+
+    bundle: dict[str, Any] = {
+        k: v
+        for k, v in (("CPU", cfg.num_cpus_per_env_runner), ("GPU", cfg.num_gpus_per_env_runner))
+        if v > 0
+    }
+    request_resources(bundles=[bundle] * cfg.num_env_runners)
+    print(
+        f"ldmpc: {short.split(':')[0]}; waiting up to {wait_s:g} s for the cluster to scale up "
+        "(`ray status` shows it; LDMPC_CLUSTER_WAIT_S sets the wait)",
+        file=sys.stderr,
+        flush=True,
+    )
+    deadline = time.monotonic() + wait_s
+    try:
+        while short and time.monotonic() < deadline:
+            time.sleep(min(_POLL_S, max(deadline - time.monotonic(), 0.0)))
+            short = _shortfall(cfg)
+    finally:
+        request_resources()  # the runners' own demands keep the nodes from here on
+    return short
