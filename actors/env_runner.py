@@ -83,7 +83,8 @@ class LdmpcEnvRunner(SingleAgentEnvRunner):
         """
         base = (self._seed or 0) + int(step)
         self._seed = base  # RLlib's next env reset uses it
-        self.env.action_space.seed(base)
+        if self.env is not None:  # the driver's runner has no env when remote runners act
+            self.env.action_space.seed(base)
         if self.module is not None:
             self.module.agent.generator.manual_seed(base)
 

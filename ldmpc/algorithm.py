@@ -55,8 +55,10 @@ from actors.env_runner import (
     register_ldmpc_env,
 )
 from actors.planner_module import PlannerModule, module_config, to_batch_major
+from actors.replay_shard import ShardedReplay
 from ldmpc.errors import UserError
 from ldmpc.ray_init import init_ray
+from ldmpc.replay import EpisodeReplay
 from learner.tdmpc_learner import NONFINITE_STREAK, TdmpcLearner
 
 MAX_UPDATES_PER_ROUND = 32  # bounds one round of updates (SIGTERM / progress latency)
@@ -123,7 +125,11 @@ def rllib_config(cfg: DictConfig) -> LdmpcConfig:
         )
         .learners(
             num_learners=cfg.num_learners,
-            num_gpus_per_learner=1 if device.type == "cuda" else 0,
+            num_cpus_per_learner=cfg.num_cpus_per_learner,
+            # remote learners: what the config asks; the local one follows `device`
+            num_gpus_per_learner=(
+                cfg.num_gpus_per_learner if cfg.num_learners else int(device.type == "cuda")
+            ),
             local_gpu_idx=device.index or 0,
         )
         .rl_module(model_config=module_config(cfg))
@@ -159,28 +165,33 @@ class LdmpcAlgorithm(Algorithm):
 
     def setup(self, config: AlgorithmConfig) -> None:
         super().setup(config)
-        from ldmpc.replay import EpisodeReplay
-
         self.cfg: DictConfig = OmegaConf.create(self.config.ldmpc)
         OmegaConf.set_readonly(self.cfg, True)
         cfg = self.cfg
-        self.replay = EpisodeReplay(
-            cfg.buffer_size,
-            cfg.window,  # horizon, or longer for multi-scale diffusion dynamics
-            tuple(cfg.obs_shape),
-            cfg.action_dim,
-            seed=cfg.seed,
-            obs_dtype=np.uint8 if cfg.obs == "rgb" else np.float32,  # pixels stay uint8
-        )
+        self.replay = make_replay(cfg)
         self.stitcher = EpisodeStitcher()
         self.counters = Counters()
         self.finished: list[FinishedEpisode] = []  # drained by run_training's logger
         self._recent = deque(maxlen=20)
         self._weights_version = 0  # learner updates since this process started
+        self._synced_version = 0  # the version last sent to the env runners
         self._acted_version = 0
         # No sampling at or beyond this env step (run_training sets the next eval/checkpoint/end
         # step, so those happen at exact multiples as in TD-MPC2); owed updates are still paid.
         self.sample_until = int(cfg.steps)
+
+    def restore_env_runners(self, env_runner_group: Any) -> list[int]:
+        """RLlib brings crashed runners back with the weights; reseed them from the step reached
+        so a restarted runner does not replay its step-0 randomness (env resets, noise)."""
+        restored = super().restore_env_runners(env_runner_group)
+        if restored:
+            step = self.counters.env_steps
+            env_runner_group.foreach_env_runner(
+                lambda runner: runner.reseed_acting(step),
+                remote_worker_ids=restored,
+                local_env_runner=False,
+            )
+        return restored
 
     # ------------------------------------------------------------------ the loop
     def training_step(self) -> None:
@@ -203,7 +214,8 @@ class LdmpcAlgorithm(Algorithm):
         n = min(int(self.counters.owed_updates), self.config.max_updates_per_round)
         if n and self.replay.num_episodes > 0:
             self._learn(n)
-            self._sync_weights()
+            if self._weights_version - self._synced_version >= self.cfg.sync_every:
+                self._sync_weights()
 
     @property
     def seeding(self) -> bool:
@@ -224,9 +236,11 @@ class LdmpcAlgorithm(Algorithm):
             )
         new_steps = sum(len(c) for c in chunks)
         self.counters.env_steps += new_steps
-        for ep in self.stitcher.add(chunks):
+        finished = self.stitcher.add(chunks)
+        if finished:
+            self.replay.add([ep.data for ep in finished])  # one RPC per shard when sharded
+        for ep in finished:
             ep.step = self.counters.env_steps
-            self.replay.add_episode(ep.data)
             self.finished.append(ep)
             self._recent.append(ep.ret)
             self._acted_version = max(self._acted_version, ep.weights_seq_no)
@@ -291,6 +305,7 @@ class LdmpcAlgorithm(Algorithm):
         round trip at model_size 1 (it would run after every round of updates).
         """
         group = self.env_runner_group
+        self._synced_version = self._weights_version
         with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
             if self.learner_group.is_local and group.num_remote_workers() <= 0:
                 module = _first(
@@ -323,8 +338,8 @@ class LdmpcAlgorithm(Algorithm):
         """At the end of a run: store the running episodes as truncated ones (nothing is lost;
         a resumed run starts fresh episodes). Not counted as finished episodes."""
         open_episodes = self.stitcher.flush()
-        for ep in open_episodes:
-            self.replay.add_episode(ep.data)
+        if open_episodes:
+            self.replay.add([ep.data for ep in open_episodes])
         return len(open_episodes)
 
     def pop_finished(self) -> list[FinishedEpisode]:
@@ -333,31 +348,77 @@ class LdmpcAlgorithm(Algorithm):
 
     # ------------------------------------------------------------------ state (checkpoints)
     def ldmpc_state(self) -> dict[str, Any]:
-        """Agent state (weights, optimizers, Q scale, RNG), counters and replay sampler RNG."""
-        return {
-            "agent": self.agent_weights(),
-            "counters": asdict(self.counters),
-            "replay": self.replay.get_state(),
-        }
+        """Agent state (weights, optimizers, Q scale, RNG) and counters (replay: see
+        `snapshot_replay`)."""
+        return {"agent": self.agent_weights(), "counters": asdict(self.counters)}
 
     def set_ldmpc_state(self, state: dict[str, Any]) -> None:
-        """Inverse of `ldmpc_state` (replay contents are loaded separately); syncs the runners."""
+        """Inverse of `ldmpc_state` (replay: `restore_replay`); syncs the runners."""
         self.learner_group.foreach_learner(
             lambda lrn: lrn.set_agent_state(DEFAULT_MODULE_ID, state["agent"])
         )
         self.counters = Counters(**state["counters"])
-        self.replay.set_state(state["replay"])
         step = self.counters.env_steps
         self.env_runner_group.foreach_env_runner(
             lambda runner: runner.reseed_acting(step), local_env_runner=True
         )
         self._sync_weights()
 
+    def snapshot_replay(self) -> dict[str, Any]:
+        """Write the replay contents to `<run_dir>/replay` (incremental Arrow files; each shard
+        its own folder) and return the small state a checkpoint carries to match them."""
+        if isinstance(self.replay, EpisodeReplay):
+            self.replay.save(replay_dir(self.cfg))
+            return self.replay.get_state()
+        return self.replay.snapshot()
+
+    def restore_replay(self, state: dict[str, Any] | None, source: str) -> None:
+        """Return the replay to a checkpoint's `snapshot_replay()` state (None: the run has no
+        checkpoint, start empty). Episodes written after that checkpoint are dropped."""
+        if isinstance(self.replay, ShardedReplay):
+            if state is None:
+                self.replay.clear()  # a fresh run in a folder that may hold old shard files
+            else:
+                self.replay.restore(state)
+            return
+        if state is None:
+            return
+        folder = replay_dir(self.cfg)
+        if os.path.isdir(folder):
+            self.replay.load(folder, before_id=state.get("next_episode_id"))
+        elif int(state.get("next_episode_id", 0)) > 0:
+            raise UserError(
+                f"resume=true: {source} continues a run whose replay folder {folder} is "
+                "missing; restore it, or start a new run (resume=false or another exp_name)"
+            )
+        self.replay.set_state(state)
+
+    def cleanup(self) -> None:
+        if isinstance(getattr(self, "replay", None), ShardedReplay):
+            self.replay.close()
+        super().cleanup()
+
     def agent_weights(self) -> dict[str, Any]:
         """The learner's full agent state (what `Agent.load_state_dict` takes)."""
         return _first(
             self.learner_group.foreach_learner(lambda lrn: lrn.agent_state(DEFAULT_MODULE_ID))
         )
+
+
+def make_replay(cfg: DictConfig) -> EpisodeReplay | ShardedReplay:
+    """The driver's replay (replay_shards=0) or a client of `replay_shards` shard actors."""
+    if cfg.replay_shards:
+        return ShardedReplay.from_config(
+            cfg, cfg.replay_shards, snapshot_every=cfg.replay_snapshot_every, resume=cfg.resume
+        )
+    return EpisodeReplay(
+        cfg.buffer_size,
+        cfg.window,  # horizon, or longer for multi-scale diffusion dynamics
+        tuple(cfg.obs_shape),
+        cfg.action_dim,
+        seed=cfg.seed,
+        obs_dtype=np.uint8 if cfg.obs == "rgb" else np.float32,  # pixels stay uint8
+    )
 
 
 def _first(results: Any) -> Any:
@@ -532,8 +593,8 @@ def save(algo: LdmpcAlgorithm, cfg: DictConfig) -> Any:
 
     if not cfg.save_agent:
         return None
-    algo.replay.save(replay_dir(cfg))
-    state = algo.ldmpc_state()
+    replay_state = algo.snapshot_replay()
+    state = {**algo.ldmpc_state(), "replay": replay_state}
     counters = state.pop("counters")
     return save_run_checkpoint(
         cfg.run_dir, algo.counters.env_steps, state, fingerprint=fingerprint(cfg), counters=counters
@@ -551,16 +612,10 @@ def resume(algo: LdmpcAlgorithm, cfg: DictConfig) -> int:
     path = latest_checkpoint(cfg.run_dir)
     if path is None:
         print(f"resume=true: no checkpoint in {cfg.run_dir} yet, starting from step 0")
+        algo.restore_replay(None, cfg.run_dir)
         return 0
     ckpt = load_checkpoint(path, expected_fingerprint=fingerprint(cfg))
-    if os.path.isdir(replay_dir(cfg)):  # minus episodes saved after the checkpoint was taken
-        before_id = ckpt["payload"]["replay"].get("next_episode_id")
-        algo.replay.load(replay_dir(cfg), before_id=before_id)
-    elif int(ckpt["counters"].get("env_steps", 0)) > 0:
-        raise UserError(
-            f"resume=true: {path} continues a run whose replay folder {replay_dir(cfg)} is "
-            "missing; restore it, or start a new run (resume=false or another exp_name)"
-        )
+    algo.restore_replay(ckpt["payload"]["replay"], str(path))
     fields = Counters.__dataclass_fields__
     counters = {k: v for k, v in ckpt["counters"].items() if k in fields}
     algo.set_ldmpc_state({**ckpt["payload"], "counters": counters})

@@ -428,11 +428,6 @@ def validate(cfg: DictConfig) -> None:
                 f"(available: {', '.join(IMPLEMENTED[key])})"
             )
     _validate_diffusion(cfg)
-    if cfg.num_learners:
-        raise UserError(
-            "num_learners > 0 (a remote learner group) is not implemented yet in this "
-            "version; use the default local learner (0)"
-        )
     if cfg.data_dir is not None:
         raise UserError("data_dir (offline training) is not implemented yet in this version")
     from ldmpc.tasks import resolve_tasks  # local: tasks imports nothing heavy, but keep order

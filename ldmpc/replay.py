@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -136,6 +136,11 @@ class EpisodeReplay:
     def episode_ids(self) -> np.ndarray:
         """Stable ids of the live episodes, oldest first."""
         return self._table.col("id").copy()
+
+    def add(self, episodes: Sequence[Episode]) -> None:
+        """Store several finished episodes (the interface `ShardedReplay.add` shares)."""
+        for ep in episodes:
+            self.add_episode(ep)
 
     def add_episode(self, ep: Episode) -> int:
         """Store one finished episode; returns its stable id.
