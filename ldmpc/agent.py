@@ -51,6 +51,7 @@ class Agent:
                 wm_groups.append({"params": list(getattr(m, name).parameters())})
         fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {}
         self.optim = torch.optim.Adam(wm_groups, lr=lr, **fused)
+        self._lrs = [g["lr"] for g in self.optim.param_groups]  # this config's rates
         self.pi_optim = torch.optim.Adam(m._pi.parameters(), lr=lr, eps=1e-5, **fused)
         self._wm_params = [p for g in wm_groups for p in g["params"]]
         self._pi_params = list(m._pi.parameters())
@@ -175,6 +176,11 @@ class Agent:
         self.model.load_state_dict(state["model"])
         self.optim.load_state_dict(state["optim"])
         self.pi_optim.load_state_dict(state["pi_optim"])
+        # torch restores the saved learning rates; the config's win (`resume=true lr=...`, PBT)
+        for group, lr in zip(self.optim.param_groups, self._lrs, strict=True):
+            group["lr"] = lr
+        for group in self.pi_optim.param_groups:
+            group["lr"] = self.cfg.lr
         self.scale.load_state_dict(state["scale"])
         self.counters.update({k: int(v) for k, v in state["counters"].items()})
         self.generator.set_state(state["generator"].cpu())

@@ -65,6 +65,8 @@ MAX_UPDATES_PER_ROUND = 32  # bounds one round of updates (SIGTERM / progress la
 # One `training_step()` repeats rounds (sample, learn, sync) for this long: RLlib's per-train()
 # work (metrics reduce, result dict, runner state sync) costs a few ms, as much as a GPU update.
 SECONDS_PER_TRAINING_STEP = 0.5
+ASYNC_WAIT_S = 0.02  # async mode: how long a round with nothing to learn waits for samples
+SAMPLE_TAG = "sample"  # tag of async sample requests
 MAX_NONFINITE_STREAK = 100  # abort after this many non-finite losses in a row (DESIGN.md §4)
 
 
@@ -209,8 +211,44 @@ class LdmpcAlgorithm(Algorithm):
         self._log_counters()
 
     def _round(self, can_sample: bool) -> None:
+        if self.cfg.async_learning:
+            self._round_async(can_sample)
+            return
         if can_sample and (self.counters.owed_updates < 1 or self.replay.num_episodes == 0):
             self._owe(self._collect())
+        n = min(int(self.counters.owed_updates), self.config.max_updates_per_round)
+        if n and self.replay.num_episodes > 0:
+            self._learn(n)
+            if self._weights_version - self._synced_version >= self.cfg.sync_every:
+                self._sync_weights()
+
+    def _round_async(self, can_sample: bool) -> None:
+        """One round of async mode: runners sample while this process (or the learner actors)
+        learns, so acting and learning run on different cores.
+
+        Update-to-data control: every stored env step still owes `utd_ratio` updates (`_owe`);
+        new sample requests go out only while the backlog is at most `max_update_lag`, so the
+        runners pause when learning falls behind and `updates / env_steps` stays within
+        `max_update_lag / env_steps` of `utd_ratio`. Each runner has at most one request in
+        flight (RLlib's per-runner limit), and a request is issued only while the steps already
+        in flight leave room before `sample_until`. Runners plan with weights that may lag by
+        the updates of one round; they report the version they acted with.
+        """
+        group = self.env_runner_group
+        in_flight = group.num_in_flight_async_reqs(tag=SAMPLE_TAG) * self.cfg.num_envs
+        room = self.sample_until - self.counters.env_steps - in_flight
+        if can_sample and room > 0 and self.counters.owed_updates <= self.cfg.max_update_lag:
+            group.foreach_env_runner_async(
+                "sample", tag=SAMPLE_TAG, kwargs={"random_actions": self.seeding}
+            )
+        can_learn = self.counters.owed_updates >= 1 and self.replay.num_episodes > 0
+        with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+            ready = group.fetch_ready_async_reqs(
+                tags=SAMPLE_TAG, timeout_seconds=0.0 if can_learn else ASYNC_WAIT_S
+            )
+        chunks = [chunk for _, result in ready for chunk in result]
+        if chunks:
+            self._owe(self._store(chunks))
         n = min(int(self.counters.owed_updates), self.config.max_updates_per_round)
         if n and self.replay.num_episodes > 0:
             self._learn(n)
@@ -234,6 +272,10 @@ class LdmpcAlgorithm(Algorithm):
                 sample_timeout_s=self.config.sample_timeout_s,
                 _uses_new_env_runners=True,
             )
+        return self._store(chunks)
+
+    def _store(self, chunks: list[Any]) -> int:
+        """Count the steps of sampled episode chunks; whole episodes go to replay."""
         new_steps = sum(len(c) for c in chunks)
         self.counters.env_steps += new_steps
         finished = self.stitcher.add(chunks)

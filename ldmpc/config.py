@@ -428,6 +428,11 @@ def validate(cfg: DictConfig) -> None:
                 f"(available: {', '.join(IMPLEMENTED[key])})"
             )
     _validate_diffusion(cfg)
+    if cfg.async_learning and cfg.num_env_runners == 0:
+        raise UserError(
+            "async=true overlaps remote env runners with learning: set num_env_runners >= 1 "
+            "(with num_env_runners=0 acting runs in the driver, between updates)"
+        )
     if cfg.data_dir is not None:
         raise UserError("data_dir (offline training) is not implemented yet in this version")
     from ldmpc.tasks import resolve_tasks  # local: tasks imports nothing heavy, but keep order

@@ -219,31 +219,6 @@ def restore_run(folder: Path, cfg: Any) -> None:
         shutil.rmtree(run_dir / name, ignore_errors=True)
         if (folder / name).is_dir():
             shutil.copytree(folder / name, run_dir / name)
-    retune_optimizers(run_dir / "checkpoints" / "latest.pt", cfg)
-
-
-def retune_optimizers(path: Path, cfg: Any) -> None:
-    """Write this trial's learning rates into a checkpoint's optimizer states.
-
-    `torch.optim.Optimizer.load_state_dict` restores each param group's lr from the checkpoint,
-    so without this a PBT mutation of lr (or enc_lr_scale) would be silently undone by resume.
-    The rates come from a fresh agent built with `cfg`, so the group layout is the agent's own.
-    """
-    from ldmpc.agent import Agent
-    from ldmpc.checkpoint import load_checkpoint, save_checkpoint
-
-    if not path.is_file():
-        return
-    ckpt = load_checkpoint(path)
-    fresh = Agent(cfg, "cpu")
-    agent = ckpt["payload"]["agent"]
-    for name, optim in (("optim", fresh.optim), ("pi_optim", fresh.pi_optim)):
-        groups = agent[name]["param_groups"]
-        for group, new in zip(groups, optim.param_groups, strict=True):
-            group["lr"] = new["lr"]
-    save_checkpoint(
-        path, ckpt["payload"], fingerprint=ckpt["fingerprint"], counters=ckpt["counters"]
-    )
 
 
 # ------------------------------------------------------------------------------- the summary

@@ -168,3 +168,17 @@ def test_compile_true_with_inductor_matches_eager() -> None:
     a_e, _ = eager.act(obs, eval_mode=True)
     assert torch.isfinite(torch.tensor(info["total_loss"]))
     torch.testing.assert_close(a_c, a_e, atol=1e-4, rtol=1e-4)
+
+
+def test_loaded_state_keeps_the_configs_learning_rates() -> None:
+    """Adam's load_state_dict restores the saved lr; `resume=true lr=...` and PBT mutations
+    must win (lr is not part of the checkpoint fingerprint)."""
+    from ldmpc.config import fingerprint, load
+
+    old = load(["task=mw-reach", "model_size=1", "lr=3e-4"])
+    new = load(["task=mw-reach", "model_size=1", "lr=1e-3", "enc_lr_scale=0.5"])
+    assert fingerprint(old) == fingerprint(new)
+    agent = Agent(new)
+    agent.load_state_dict(Agent(old).state_dict())
+    assert [g["lr"] for g in agent.optim.param_groups] == pytest.approx([5e-4, 1e-3])
+    assert agent.pi_optim.param_groups[0]["lr"] == pytest.approx(1e-3)

@@ -26,7 +26,7 @@ BAD_INPUTS = [
     (["train", "model_size=7"], "allowed 1, 5, 19, 48, 317"),
     (["train", "lr=fast"], "expected a number"),
     (["train", "task=mw-reach,myo-reach"], "must share the action repeat"),
-    (["train", "num_learners=2"], "not implemented yet"),
+    (["train", "async=true"], "num_env_runners >= 1"),
     (["eval", "task=cartpole-swingup"], "checkpoint="),
     (["tune", "tune_configs/missing.yaml"], "sweep file not found"),
     (["tasks", "extra"], "no arguments"),

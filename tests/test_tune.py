@@ -133,28 +133,6 @@ def test_cli_overrides_win_over_base(tmp_path: Path) -> None:
     assert spec.base["task"] == "mw-reach"
 
 
-def test_restored_checkpoint_takes_the_trials_learning_rates(tmp_path: Path) -> None:
-    """Adam's load_state_dict restores the saved lr; a PBT mutation must survive resume."""
-    from ldmpc.agent import Agent
-    from ldmpc.checkpoint import load_checkpoint, save_run_checkpoint
-    from ldmpc.config import fingerprint, load
-    from ldmpc.sweep import retune_optimizers
-
-    old = load(["task=mw-reach", "model_size=1", "lr=3e-4", f"work_dir={tmp_path}"])
-    new = load(["task=mw-reach", "model_size=1", "lr=1e-3", "enc_lr_scale=0.5"])
-    assert fingerprint(old) == fingerprint(new)  # lr is not part of what a checkpoint must match
-    payload = {"agent": Agent(old).state_dict()}
-    save_run_checkpoint(old.run_dir, 10, payload, fingerprint=fingerprint(old), counters={})
-    latest = Path(old.run_dir) / "checkpoints" / "latest.pt"
-    retune_optimizers(latest, new)
-    agent = Agent(new)
-    agent.load_state_dict(
-        load_checkpoint(latest, expected_fingerprint=fingerprint(new))["payload"]["agent"]
-    )
-    assert [g["lr"] for g in agent.optim.param_groups] == pytest.approx([5e-4, 1e-3])
-    assert agent.pi_optim.param_groups[0]["lr"] == pytest.approx(1e-3)
-
-
 # ------------------------------------------------------------------------------- real Tune runs
 @pytest.fixture
 def ray_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
