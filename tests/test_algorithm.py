@@ -72,8 +72,15 @@ def local_ray() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_TMPDIR", temp)
         mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        mp.delenv("RAY_ADDRESS", raising=False)
+        # a cluster that `ray start` recorded here and that is gone: address=null must still
+        # start a local Ray (a bare ray.init() would try to join it)
+        os.makedirs(os.path.join(temp, "ray"))
+        with open(os.path.join(temp, "ray", "ray_current_cluster"), "w") as fh:
+            fh.write("127.0.0.1:9")
         cfg = load([*TINY, f"work_dir={temp}"])
         assert init_ray(cfg)
+        assert ray.get_runtime_context().gcs_address != "127.0.0.1:9"
         try:
             yield
         finally:
