@@ -79,11 +79,14 @@ def init_ray(cfg: DictConfig) -> bool:
             log_to_driver=log_to_driver,
             logging_level=quiet,
         )
-        check_resources(cfg)
     else:
         label, address = target
         _join(label, address, log_to_driver=log_to_driver, level=quiet)
-        check_resources(cfg, wait_s=CLUSTER_WAIT_S)
+    try:
+        check_resources(cfg, wait_s=0.0 if target is None else CLUSTER_WAIT_S)
+    except UserError:
+        ray.shutdown()  # the caller never got True, so it would not
+        raise
     return True
 
 

@@ -206,7 +206,7 @@ def test_a_joined_cluster_short_of_cpus_waits_for_the_autoscaler_then_is_one_lin
     try:
         with pytest.raises(UserError, match=r"needs 3 CPUs; this Ray has 2: lower them"):
             init_ray(cfg)
-        assert ray.is_initialized()  # joined before it looked at the resources
+        assert not ray.is_initialized()  # it joined, waited, then disconnected
     finally:
         ray.shutdown()
     assert "waiting up to 1 s for the cluster to scale up" in capfd.readouterr().err
