@@ -7,7 +7,7 @@ import pkgutil
 import sys
 from pathlib import Path
 
-SKIP = {"common", "__main__"}
+SKIP = {"common", "topology", "__main__"}
 
 
 def available() -> list[str]:

@@ -229,7 +229,8 @@ class LdmpcAlgorithm(Algorithm):
         Update-to-data control: every stored env step still owes `utd_ratio` updates (`_owe`);
         new sample requests go out only while the backlog is at most `max_update_lag`, so the
         runners pause when learning falls behind and `updates / env_steps` stays within
-        `max_update_lag / env_steps` of `utd_ratio`. Each runner has at most one request in
+        `max_update_lag / env_steps` of `utd_ratio` (until replay holds a whole episode,
+        sampling goes on, as in sync mode). Each runner has at most one request in
         flight (RLlib's per-runner limit), and a request is issued only while the steps already
         in flight leave room before `sample_until`. Runners plan with weights that may lag by
         the updates of one round; they report the version they acted with.
@@ -237,7 +238,9 @@ class LdmpcAlgorithm(Algorithm):
         group = self.env_runner_group
         in_flight = group.num_in_flight_async_reqs(tag=SAMPLE_TAG) * self.cfg.num_envs
         room = self.sample_until - self.counters.env_steps - in_flight
-        if can_sample and room > 0 and self.counters.owed_updates <= self.cfg.max_update_lag:
+        # with no whole episode in replay nothing can be learned: sample on (else deadlock)
+        keep_up = self.counters.owed_updates <= self.cfg.max_update_lag
+        if can_sample and room > 0 and (keep_up or self.replay.num_episodes == 0):
             group.foreach_env_runner_async(
                 "sample", tag=SAMPLE_TAG, kwargs={"random_actions": self.seeding}
             )

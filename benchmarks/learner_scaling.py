@@ -1,0 +1,82 @@
+"""Learning throughput of the learner group: updates/s with 2 DDP learners vs 1 remote learner
+(and the driver's local learner), same total batch (issue 6).
+
+With 2 learners each one computes half the batch and gloo (CPU) or nccl (GPU) averages the
+gradients, so the ideal ratio is 2x minus the all-reduce. The batch is TD-MPC2's 256 so the
+split has work to share. The replay is filled by a short random seed phase; the timed part is
+learning only (`_learn`), alternated between topologies, medians reported.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import tempfile
+import time
+
+from benchmarks.common import append_rows, quick, table
+from benchmarks.topology import BASE, cores
+
+TOPOLOGIES = {"local": 0, "1 learner": 1, "2 learners": 2}
+
+
+def updates_per_s(learners: int, updates: int) -> float:
+    import ray
+
+    from ldmpc.algorithm import build_algorithm
+    from ldmpc.config import load
+    from ldmpc.ray_init import init_ray
+
+    work = tempfile.mkdtemp(prefix="ldb")
+    os.environ["RAY_TMPDIR"] = work
+    share = max(cores() / 2, 0.5)
+    gpu = os.environ.get("LDMPC_BENCH_GPU") == "1"
+    cfg = load([
+        *BASE, f"work_dir={work}", "batch_size=256", "seed_steps=400", "utd_ratio=0.001",
+        f"num_learners={learners}", f"num_cpus_per_learner={share}",
+        f"num_gpus_per_learner={1 / max(learners, 1) if gpu else 0}",
+        f"device={'cuda' if gpu else 'cpu'}",
+    ])  # fmt: skip
+    init_ray(cfg)
+    try:
+        algo = build_algorithm(cfg)
+        try:
+            algo.sample_until = 400
+            while algo.counters.env_steps < 400 or algo.counters.owed_updates >= 1:
+                algo.train()  # random seed phase, then its pretraining burst
+            algo._learn(4)  # warm-up
+            t0 = time.perf_counter()
+            algo._learn(updates)
+            return updates / (time.perf_counter() - t0)
+        finally:
+            algo.stop()
+    finally:
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    repeats, updates = (1, 8) if quick() else (2, 64)
+    samples: dict[str, list[float]] = {name: [] for name in TOPOLOGIES}
+    for _ in range(repeats):
+        for name, learners in TOPOLOGIES.items():
+            samples[name].append(updates_per_s(learners, updates))
+    base = statistics.median(samples["1 learner"])
+    rows = [
+        {
+            "learners": name,
+            "updates_per_s": statistics.median(v),
+            "vs_1_learner": statistics.median(v) / base,
+            "batch": 256,
+            "repeats": len(v),
+            "cores": cores(),
+        }
+        for name, v in samples.items()
+    ]
+    print(table(rows))
+    print(f"wrote {append_rows('learner_scaling', rows)}")
+
+
+if __name__ == "__main__":
+    main()
