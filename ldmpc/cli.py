@@ -69,6 +69,9 @@ def cmd_train(args: list[str]) -> int:
 
     cfg = load(args)
     check_writable(cfg.work_dir)
+    from ldmpc.ray_init import cluster_address
+
+    cluster_address(cfg)  # a bad address= is one line now, not after RLlib's ~5 s import
     from ldmpc.algorithm import run_training
 
     run_training(cfg)

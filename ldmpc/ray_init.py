@@ -78,6 +78,8 @@ def init_ray(cfg: DictConfig) -> bool:
             dashboard_host="127.0.0.1",
             log_to_driver=log_to_driver,
             logging_level=quiet,
+            # every worker quiets Ray's informational lines before RLlib/Ray Train print them
+            runtime_env={"worker_process_setup_hook": "actors.env_runner.quiet_ray_logs"},
         )
     else:
         label, address = target
@@ -249,17 +251,30 @@ def check_resources(cfg: DictConfig, wait_s: float = 0.0) -> None:
         raise UserError(short)
 
 
+def _actor_groups(cfg: DictConfig) -> list[tuple[str, int, float, float]]:
+    """(name, count, CPUs each, GPUs each) of every kind of actor the run asks Ray to place."""
+    runners = cfg.num_env_runners
+    return [
+        ("env_runner", runners, cfg.num_cpus_per_env_runner, cfg.num_gpus_per_env_runner),
+        ("learner", cfg.num_learners, cfg.num_cpus_per_learner, cfg.num_gpus_per_learner),
+    ]
+
+
 def _shortfall(cfg: DictConfig) -> str | None:
     import ray
 
     have = ray.cluster_resources()
-    for kind, per in (("CPU", cfg.num_cpus_per_env_runner), ("GPU", cfg.num_gpus_per_env_runner)):
-        need = cfg.num_env_runners * per
+    for column, kind in ((2, "CPU"), (3, "GPU")):
+        asks = [(g[0], g[1], g[column]) for g in _actor_groups(cfg) if g[1] and g[column]]
+        need = sum(count * per for _, count, per in asks)
         if need > have.get(kind, 0.0) + 1e-9:
-            key = f"num_{kind.lower()}s_per_env_runner"
+            parts = " + ".join(
+                f"num_{name}s={count} x num_{kind.lower()}s_per_{name}={per:g}"
+                for name, count, per in asks
+            )
             return (
-                f"num_env_runners={cfg.num_env_runners} x {key}={per:g} needs {need:g} {kind}s; "
-                f"this Ray has {have.get(kind, 0.0):g}: lower them (fractions such as 0.5 work)"
+                f"{parts} needs {need:g} {kind}s; this Ray has {have.get(kind, 0.0):g}: "
+                "lower them (fractions such as 0.5 work)"
             )
     return None
 
@@ -267,12 +282,11 @@ def _shortfall(cfg: DictConfig) -> str | None:
 def _wait_for_autoscaler(cfg: DictConfig, short: str, wait_s: float) -> str | None:
     from ray.autoscaler.sdk import request_resources
 
-    bundle: dict[str, Any] = {
-        k: v
-        for k, v in (("CPU", cfg.num_cpus_per_env_runner), ("GPU", cfg.num_gpus_per_env_runner))
-        if v > 0
-    }
-    request_resources(bundles=[bundle] * cfg.num_env_runners)
+    bundles: list[dict[str, Any]] = []
+    for _, count, cpus, gpus in _actor_groups(cfg):
+        bundle = {k: v for k, v in (("CPU", cpus), ("GPU", gpus)) if v > 0}
+        bundles += [bundle] * count if bundle else []
+    request_resources(bundles=bundles)
     print(
         f"ldmpc: {short.split(':')[0]}; waiting up to {wait_s:g} s for the cluster to scale up "
         "(`ray status` shows it; LDMPC_CLUSTER_WAIT_S sets the wait)",
