@@ -1,0 +1,33 @@
+"""The core never imports Ray (DESIGN.md §1): only the top floor may, so every piece of math
+can be tested, profiled and debugged in one process without a Ray install."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+CORE = Path(__file__).resolve().parents[1] / "ldmpc"
+TOP_FLOOR = {"algorithm.py", "cli.py", "ray_init.py", "sweep.py"}
+
+
+def _imported_roots(path: Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_core_modules_do_not_import_ray_or_the_actor_packages() -> None:
+    offenders = {
+        str(path.relative_to(CORE)): sorted(_imported_roots(path) & {"ray", "actors", "learner"})
+        for path in CORE.rglob("*.py")
+        if path.relative_to(CORE).as_posix() not in TOP_FLOOR
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_top_floor_exists() -> None:
+    assert all((CORE / name).is_file() for name in TOP_FLOOR)
