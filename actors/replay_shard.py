@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ldmpc.errors import UserError
-from ldmpc.replay import Episode, EpisodeReplay
+from ldmpc.replay import Episode, EpisodeReplay, replay_args
 from ldmpc.replay_snapshot import MANIFEST
 
 __all__ = ["ReplayShard", "ShardedReplay", "remote_shard_class", "shard_dir", "shard_of"]
@@ -294,12 +294,7 @@ class ShardedReplay:
         return cls(
             num_shards,
             os.path.join(cfg.run_dir, "replay"),
-            cfg.buffer_size,
-            cfg.window,  # horizon, or longer for multi-scale diffusion dynamics
-            tuple(cfg.obs_shape),
-            cfg.action_dim,
-            seed=cfg.seed,
-            obs_dtype=np.uint8 if cfg.obs == "rgb" else np.float32,  # pixels stay uint8
+            **replay_args(cfg),
             snapshot_every=snapshot_every,
             resume=resume,
         )

@@ -71,6 +71,24 @@ def append_rows(name: str, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def ratio_rows(
+    samples: dict[str, list[float]], label: str, unit: str, base: str, **extra: Any
+) -> list[dict[str, Any]]:
+    """One row per variant: its median, the ratio to the `base` variant's median, the repeats
+    and any constant columns (`extra`)."""
+    ref = statistics.median(samples[base])
+    return [
+        {
+            label: name,
+            unit: statistics.median(v),
+            f"vs_{base.replace(' ', '_')}": statistics.median(v) / ref,
+            "repeats": len(v),
+            **extra,
+        }
+        for name, v in samples.items()
+    ]
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """A fixed-width text table of rows (for the console)."""
     if not rows:

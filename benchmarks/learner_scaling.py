@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 import tempfile
 import time
 
-from benchmarks.common import append_rows, quick, table
+from benchmarks.common import append_rows, quick, ratio_rows, table
 from benchmarks.topology import BASE, cores
 
 TOPOLOGIES = {"local": 0, "1 learner": 1, "2 learners": 2}
@@ -63,18 +62,7 @@ def main() -> None:
     for _ in range(repeats):
         for name, learners in TOPOLOGIES.items():
             samples[name].append(updates_per_s(learners, updates))
-    base = statistics.median(samples["1 learner"])
-    rows = [
-        {
-            "learners": name,
-            "updates_per_s": statistics.median(v),
-            "vs_1_learner": statistics.median(v) / base,
-            "batch": 256,
-            "repeats": len(v),
-            "cores": cores(),
-        }
-        for name, v in samples.items()
-    ]
+    rows = ratio_rows(samples, "learners", "updates_per_s", "1 learner", batch=256, cores=cores())
     print(table(rows))
     print(f"wrote {append_rows('learner_scaling', rows)}")
 

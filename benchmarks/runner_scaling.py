@@ -9,9 +9,7 @@ runner adds a core. Topologies are measured in alternation, `repeats` times; med
 
 from __future__ import annotations
 
-import statistics
-
-from benchmarks.common import append_rows, quick, table
+from benchmarks.common import append_rows, quick, ratio_rows, table
 from benchmarks.topology import cores, measure
 
 TOPOLOGIES = {"1x1": (1, 1), "1x8": (1, 8), "2x8": (2, 8)}
@@ -29,17 +27,7 @@ def main() -> None:
                 [*topology, *acting_only], warm_steps=2 * runners * envs, timed_steps=timed
             )
             samples[name].append(rate["env_steps_per_s"])
-    base = statistics.median(samples["1x1"])
-    rows = [
-        {
-            "runners_x_envs": name,
-            "env_steps_per_s": statistics.median(v),
-            "vs_1x1": statistics.median(v) / base,
-            "repeats": len(v),
-            "cores": cores(),
-        }
-        for name, v in samples.items()
-    ]
+    rows = ratio_rows(samples, "runners_x_envs", "env_steps_per_s", "1x1", cores=cores())
     print(table(rows))
     print(f"wrote {append_rows('runner_scaling', rows)}")
 

@@ -58,7 +58,7 @@ from actors.planner_module import PlannerModule, module_config, to_batch_major
 from actors.replay_shard import ShardedReplay
 from ldmpc.errors import UserError
 from ldmpc.ray_init import init_ray
-from ldmpc.replay import EpisodeReplay
+from ldmpc.replay import EpisodeReplay, replay_args
 from learner.tdmpc_learner import NONFINITE_STREAK, TdmpcLearner
 
 MAX_UPDATES_PER_ROUND = 32  # bounds one round of updates (SIGTERM / progress latency)
@@ -456,14 +456,7 @@ def make_replay(cfg: DictConfig) -> EpisodeReplay | ShardedReplay:
         return ShardedReplay.from_config(
             cfg, cfg.replay_shards, snapshot_every=cfg.replay_snapshot_every, resume=cfg.resume
         )
-    return EpisodeReplay(
-        cfg.buffer_size,
-        cfg.window,  # horizon, or longer for multi-scale diffusion dynamics
-        tuple(cfg.obs_shape),
-        cfg.action_dim,
-        seed=cfg.seed,
-        obs_dtype=np.uint8 if cfg.obs == "rgb" else np.float32,  # pixels stay uint8
-    )
+    return EpisodeReplay(**replay_args(cfg))
 
 
 def _first(results: Any) -> Any:

@@ -78,6 +78,19 @@ class _EpisodeTable:
         return {c: int(self.cols[c][self.head + i]) for c in self.COLS}
 
 
+def replay_args(cfg: Any) -> dict[str, Any]:
+    """A run's replay, sized and typed by its config: the arguments of `EpisodeReplay` (and of
+    the sharded replay, which splits the capacity)."""
+    return {
+        "capacity": cfg.buffer_size,
+        "horizon": cfg.window,  # horizon, or longer for multi-scale diffusion dynamics
+        "obs_shape": tuple(cfg.obs_shape),
+        "action_dim": cfg.action_dim,
+        "seed": cfg.seed,
+        "obs_dtype": np.uint8 if cfg.obs == "rgb" else np.float32,  # pixels stay uint8
+    }
+
+
 class EpisodeReplay:
     """Capacity-bounded store of whole episodes with fast, episode-local window sampling.
 
