@@ -33,7 +33,7 @@ import actors  # noqa: F401  (first: picks MuJoCo's GL backend before ray.rllib 
 # isort: split
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
-from ray.rllib.core import COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
+from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
@@ -187,6 +187,7 @@ class LdmpcAlgorithm(Algorithm):
         so a restarted runner does not replay its step-0 randomness (env resets, noise)."""
         restored = super().restore_env_runners(env_runner_group)
         if restored:
+            self._sync_weights()  # RLlib gave them the driver runner's (older) weights
             step = self.counters.env_steps
             env_runner_group.foreach_env_runner(
                 lambda runner: runner.reseed_acting(step),
@@ -235,6 +236,29 @@ class LdmpcAlgorithm(Algorithm):
         in flight leave room before `sample_until`. Runners plan with weights that may lag by
         the updates of one round; they report the version they acted with.
         """
+        self._fetch_samples(0.0)
+        self._request_samples(can_sample)  # at once: a runner never idles while we learn
+        if self.counters.owed_updates < 1 or self.replay.num_episodes == 0:
+            self._fetch_samples(ASYNC_WAIT_S)  # nothing to learn yet: wait for data instead
+            self._request_samples(can_sample)
+        n = min(int(self.counters.owed_updates), self.config.max_updates_per_round)
+        if n and self.replay.num_episodes > 0:
+            self._learn(n)
+            if self._weights_version - self._synced_version >= self.cfg.sync_every:
+                self._sync_weights()
+
+    def _fetch_samples(self, timeout_s: float) -> None:
+        """Store the results of finished async sample requests (waiting up to timeout_s)."""
+        with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+            ready = self.env_runner_group.fetch_ready_async_reqs(
+                tags=SAMPLE_TAG, timeout_seconds=timeout_s
+            )
+        chunks = [chunk for _, result in ready for chunk in result]
+        if chunks:
+            self._owe(self._store(chunks))
+
+    def _request_samples(self, can_sample: bool) -> None:
+        """One sample request to every idle runner, while the utd backlog and room allow."""
         group = self.env_runner_group
         in_flight = group.num_in_flight_async_reqs(tag=SAMPLE_TAG) * self.cfg.num_envs
         room = self.sample_until - self.counters.env_steps - in_flight
@@ -244,19 +268,6 @@ class LdmpcAlgorithm(Algorithm):
             group.foreach_env_runner_async(
                 "sample", tag=SAMPLE_TAG, kwargs={"random_actions": self.seeding}
             )
-        can_learn = self.counters.owed_updates >= 1 and self.replay.num_episodes > 0
-        with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
-            ready = group.fetch_ready_async_reqs(
-                tags=SAMPLE_TAG, timeout_seconds=0.0 if can_learn else ASYNC_WAIT_S
-            )
-        chunks = [chunk for _, result in ready for chunk in result]
-        if chunks:
-            self._owe(self._store(chunks))
-        n = min(int(self.counters.owed_updates), self.config.max_updates_per_round)
-        if n and self.replay.num_episodes > 0:
-            self._learn(n)
-            if self._weights_version - self._synced_version >= self.cfg.sync_every:
-                self._sync_weights()
 
     @property
     def seeding(self) -> bool:
@@ -343,29 +354,48 @@ class LdmpcAlgorithm(Algorithm):
             )
 
     def _sync_weights(self) -> None:
-        """Send the learner's weights and their version to the env runners.
+        """Send the learner's weights and their version to the env runners that act.
 
-        Local topology (learner and the only runner in this process): hand the runner the
-        learner's torch state dict directly, 1.3 ms instead of 11 ms for RLlib's numpy
-        round trip at model_size 1 (it would run after every round of updates).
+        - Only the driver's runner acts: a local learner hands it its torch state dict
+          directly (1.3 ms instead of 11 ms for RLlib's numpy round trip at model_size 1).
+        - Remote runners: one object-store copy for all of them, fire and forget (a runner
+          still loading the previous weights skips these; runners report the version they
+          acted with). The driver's runner does not act then, so it is not updated: loading
+          weights there cost ~20 ms per sync in async mode. Restored runners get fresh weights
+          right after RLlib restarts them (`restore_env_runners`).
         """
+        import ray
+
         group = self.env_runner_group
         self._synced_version = self._weights_version
         with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
-            if self.learner_group.is_local and group.num_remote_workers() <= 0:
-                module = _first(
-                    self.learner_group.foreach_learner(lambda lrn: lrn.module[DEFAULT_MODULE_ID])
-                )
-                group.local_env_runner.set_state(
-                    {
-                        COMPONENT_RL_MODULE: module.unwrapped().state_dict(),
-                        WEIGHTS_SEQ_NO: self._weights_version,
-                    }
-                )
-            else:
+            if group.num_remote_workers() <= 0 and not self.learner_group.is_local:
                 group.sync_weights(
                     from_worker_or_learner_group=self.learner_group, inference_only=True
                 )
+                return
+            state = {
+                COMPONENT_RL_MODULE: self._module_weights(),
+                WEIGHTS_SEQ_NO: self._weights_version,
+            }
+            if group.num_remote_workers() <= 0:
+                group.local_env_runner.set_state(state)
+                return
+            group.foreach_env_runner_async_fetch_ready(
+                "set_state", tag="set_state", kwargs={"state": ray.put(state)}
+            )
+
+    def _module_weights(self) -> Any:
+        """The learner's module weights as a runner's `set_state` takes them."""
+        if self.learner_group.is_local:
+            module = _first(
+                self.learner_group.foreach_learner(lambda lrn: lrn.module[DEFAULT_MODULE_ID])
+            )
+            return module.unwrapped().state_dict()
+        state = self.learner_group.get_state(
+            components=f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}", inference_only=True
+        )
+        return state[COMPONENT_LEARNER][COMPONENT_RL_MODULE]
 
     def _log_counters(self) -> None:
         values = {
