@@ -217,11 +217,7 @@ class LdmpcAlgorithm(Algorithm):
             return
         if can_sample and (self.counters.owed_updates < 1 or self.replay.num_episodes == 0):
             self._owe(self._collect())
-        n = min(int(self.counters.owed_updates), self.config.max_updates_per_round)
-        if n and self.replay.num_episodes > 0:
-            self._learn(n)
-            if self._weights_version - self._synced_version >= self.cfg.sync_every:
-                self._sync_weights()
+        self._pay_owed()
 
     def _round_async(self, can_sample: bool) -> None:
         """One round of async mode: runners sample while this process (or the learner actors)
@@ -241,6 +237,10 @@ class LdmpcAlgorithm(Algorithm):
         if self.counters.owed_updates < 1 or self.replay.num_episodes == 0:
             self._fetch_samples(ASYNC_WAIT_S)  # nothing to learn yet: wait for data instead
             self._request_samples(can_sample)
+        self._pay_owed()
+
+    def _pay_owed(self) -> None:
+        """Up to `max_updates_per_round` owed updates, then the weights when `sync_every` is due."""
         n = min(int(self.counters.owed_updates), self.config.max_updates_per_round)
         if n and self.replay.num_episodes > 0:
             self._learn(n)
