@@ -24,9 +24,9 @@ TOPOLOGIES = {"local": 0, "1 learner": 1, "2 learners": 2}
 def updates_per_s(learners: int, updates: int) -> float:
     import ray
 
+    from actors.ray_init import init_ray
     from ldmpc.algorithm import build_algorithm
     from ldmpc.config import load
-    from ldmpc.ray_init import init_ray
 
     work = tempfile.mkdtemp(prefix="ldb")
     os.environ["RAY_TMPDIR"] = work

@@ -26,9 +26,9 @@ def measure(overrides: list[str], warm_steps: int, timed_steps: int) -> dict[str
     """Env steps/s and updates/s of one topology between `warm_steps` and +`timed_steps`."""
     import ray
 
+    from actors.ray_init import init_ray
     from ldmpc.algorithm import build_algorithm
     from ldmpc.config import load
-    from ldmpc.ray_init import init_ray
     from ldmpc.runtime import set_threads
 
     work = tempfile.mkdtemp(prefix="ldb")  # short: Ray's unix socket paths are limited

@@ -55,9 +55,9 @@ from actors.env_runner import (
     register_ldmpc_env,
 )
 from actors.planner_module import PlannerModule, module_config, to_batch_major
+from actors.ray_init import init_ray
 from actors.replay_shard import ShardedReplay
 from ldmpc.errors import UserError
-from ldmpc.ray_init import init_ray
 from ldmpc.replay import EpisodeReplay, replay_args
 from learner.tdmpc_learner import NONFINITE_STREAK, TdmpcLearner
 

@@ -69,7 +69,7 @@ def cmd_train(args: list[str]) -> int:
 
     cfg = load(args)
     check_writable(cfg.work_dir)
-    from ldmpc.ray_init import cluster_address
+    from actors.ray_init import cluster_address
 
     cluster_address(cfg)  # a bad address= is one line now, not after RLlib's ~5 s import
     from ldmpc.algorithm import run_training
@@ -94,7 +94,7 @@ def cmd_tune(args: list[str]) -> int:
         raise UserError(
             "tune needs a sweep file first: ldmpc tune tune_configs/<file>.yaml [key=value ...]"
         )
-    from ldmpc.sweep import run_sweep  # imports ray lazily, only once the file is checked
+    from actors.sweep import run_sweep  # imports ray lazily, only once the file is checked
 
     return run_sweep(args[0], args[1:])
 

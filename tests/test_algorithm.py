@@ -64,7 +64,7 @@ def local_ray() -> Iterator[None]:
     """A local Ray whose files stay in a temp dir (short: unix socket paths are limited)."""
     import ray
 
-    from ldmpc.ray_init import init_ray
+    from actors.ray_init import init_ray
 
     temp = tempfile.mkdtemp(prefix="ldr")
     threads = torch.get_num_threads()
@@ -292,8 +292,8 @@ def test_restored_state_does_not_replay_step_zero_randomness(
 
 
 def test_too_long_ray_temp_dir_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from actors.ray_init import check_ray_temp_dir
     from ldmpc.errors import UserError
-    from ldmpc.ray_init import check_ray_temp_dir
 
     monkeypatch.setenv("RAY_TMPDIR", "/tmp/" + "x" * 60)
     with pytest.raises(UserError, match=r"RAY_TMPDIR=/tmp/x+ is too long"):

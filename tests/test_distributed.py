@@ -43,7 +43,7 @@ def ray_env() -> Iterator[dict[str, str]]:
     """A local Ray for this module; its temp dir is short (unix socket paths are limited)."""
     import ray
 
-    from ldmpc.ray_init import init_ray
+    from actors.ray_init import init_ray
 
     temp = tempfile.mkdtemp(prefix="ldr")
     env = {"RAY_TMPDIR": temp, "RAY_USAGE_STATS_ENABLED": "0"}
@@ -133,7 +133,7 @@ def test_distributed_run_survives_runner_and_shard_kills(
     # A new process resumes the checkpoint: identical weights on both learners, same replay.
     script = (
         "import json, sys; import actors; "
-        "from ldmpc.config import load; from ldmpc.ray_init import init_ray; "
+        "from ldmpc.config import load; from actors.ray_init import init_ray; "
         "from ldmpc.algorithm import build_algorithm, resume; "
         "from tests.test_distributed import _learner_digests; "
         "cfg = load(json.loads(sys.argv[1])); init_ray(cfg); algo = build_algorithm(cfg); "

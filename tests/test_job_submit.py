@@ -24,10 +24,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ldmpc import ray_init
+from actors import ray_init
+from actors.ray_init import cluster_address, init_ray
 from ldmpc.config import load
 from ldmpc.errors import UserError
-from ldmpc.ray_init import cluster_address, init_ray
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: `ray`, `ldmpc`, `python`

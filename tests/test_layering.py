@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 CORE = Path(__file__).resolve().parents[1] / "ldmpc"
-TOP_FLOOR = {"algorithm.py", "cli.py", "ray_init.py", "sweep.py"}
+TOP_FLOOR = {"algorithm.py", "cli.py"}
 
 
 def _imported_roots(path: Path) -> set[str]:

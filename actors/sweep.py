@@ -1,4 +1,5 @@
-"""Top floor: `ldmpc tune <sweep.yaml> [key=value ...]`, a Ray Tune sweep of `ldmpc train` runs.
+"""Ray side: `ldmpc tune <sweep.yaml> [key=value ...]`, a Ray Tune sweep of `ldmpc train` runs.
+(In `actors/` because it imports ray; `ldmpc/sweep_spec.py` holds the Ray-free part.)
 
 The sweep file format is documented in `ldmpc/sweep_spec.py`, which checks it before Ray starts
 (one line, exit 2, for every mistake). Here the checked spec becomes Tune objects:
@@ -39,8 +40,8 @@ def run_sweep(path: str, overrides: list[str]) -> int:
         raise UserError(f"work_dir: {spec.storage_path} is not a writable directory")
     import ray
 
+    from actors.ray_init import init_ray
     from ldmpc.config import parse
-    from ldmpc.ray_init import init_ray
 
     started = init_ray(parse(spec.base))
     try:

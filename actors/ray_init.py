@@ -1,6 +1,7 @@
-"""Top floor: joining or starting Ray for a run (temp dir, logging, resources, address).
+"""Ray side: joining or starting Ray for a run (temp dir, logging, resources, address).
 
-Like `algorithm.py` and `cli.py` this module may import ray; the core below never does.
+It lives in `actors/` because it imports ray: only `ldmpc/algorithm.py` and `ldmpc/cli.py` of
+the `ldmpc` package may (DESIGN.md §1).
 
 `address=` (else RAY_ADDRESS, which `ray job submit` sets for its jobs) joins a running cluster;
 null starts a private local Ray. An address is probed with a plain TCP connect first: ray.init
