@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldmpc.math_utils import soft_ce
+from ldmpc.world_model import task_discount
 
 Batch = dict[str, torch.Tensor]
 
@@ -64,7 +65,7 @@ def td_target(
     """r + discount * (1 - terminated) * min of two random target Qs at (z', pi(z'))."""
     action, _ = model.pi(next_z, task)
     q = model.Q(next_z, action, task, return_type="min", target=True)
-    return reward + cfg.discount * (1.0 - terminated) * q
+    return reward + task_discount(model, task, cfg) * (1.0 - terminated) * q
 
 
 def world_model_loss(

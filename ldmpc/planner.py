@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ldmpc.math_utils import two_hot_inv
+from ldmpc.world_model import task_discount
 
 
 @dataclass
@@ -169,6 +170,7 @@ def rollout(
     if fused is None:  # duck-typed models: plain next/reward on explicitly repeated latents
         z = z.expand(*actions.shape[:2], z.shape[-1])
     G = torch.zeros(1, device=z.device, dtype=z.dtype)
+    gamma = task_discount(model, task, cfg)
     discount = 1.0
     for t in range(cfg.horizon):
         a = actions[:, :, t]
@@ -178,7 +180,7 @@ def rollout(
             logits = model.reward(z, a, task)
             z = model.next(z, a, task)
         G = G + discount * two_hot_inv(logits, cfg.num_bins, cfg.vmin, cfg.vmax)
-        discount = discount * cfg.discount
+        discount = discount * gamma
     return G, z.expand(*actions.shape[:2], z.shape[-1])
 
 
@@ -199,7 +201,8 @@ def _diffusion_rollout(
     z_in = torch.cat([z.expand(E, N, -1).unsqueeze(2), zs[:, :, :-1]], dim=2)  # z_0..z_{H-1}
     task_t = task.unsqueeze(-1) if task is not None else None  # [E, 1] -> [E, 1, 1]
     r = two_hot_inv(model.reward(z_in, actions, task_t), cfg.num_bins, cfg.vmin, cfg.vmax)
-    discounts = cfg.discount ** torch.arange(H, device=z.device, dtype=z.dtype)
+    gamma = task_discount(model, task, cfg)  # float, or [E, 1, 1] per task
+    discounts = gamma ** torch.arange(H, device=z.device, dtype=z.dtype)
     G = (r.squeeze(-1) * discounts).sum(-1, keepdim=True)
     if len(getattr(cfg, "plan_scales", [1])) > 1:
         return _coarse_tail(model, zs[:, :, -1], G, cfg, task, dyn_noise)
@@ -230,7 +233,8 @@ def _coarse_tail(
     at scale s on the held actions so far (one call per token; same noise draw as the head).
     The caller then bootstraps with gamma^(H+sK) Q(z_{H+sK}, pi(z_{H+sK})) (`bootstrap_steps`).
     """
-    H, s, gamma = cfg.horizon, cfg.plan_scales[1], cfg.discount
+    H, s = cfg.horizon, cfg.plan_scales[1]
+    gamma = task_discount(model, task, cfg)  # float, or [E, 1, 1] per task
     hold = sum(gamma**j for j in range(s))
     zt, held = z_head, []
     zero = torch.zeros(*zt.shape[:-1], cfg.action_dim, device=zt.device, dtype=zt.dtype)
@@ -257,7 +261,7 @@ def bootstrap(
     T = horizon (plus the coarse tail's steps, see `bootstrap_steps`)."""
     a, _ = model.pi(z, task, eps=term_eps)
     q = model.Q(z, a, task, return_type="avg", heads=heads)
-    return ret + cfg.discount ** bootstrap_steps(cfg) * q
+    return ret + task_discount(model, task, cfg) ** bootstrap_steps(cfg) * q
 
 
 # On a CPU, activations of more rows than this fall out of the L2/L3 caches and every

@@ -41,6 +41,7 @@ class WorldModel(nn.Module):
             # max_norm keeps embeddings on the unit ball as in TD-MPC2.
             self._task_emb = nn.Embedding(len(cfg.tasks), T, max_norm=1)
             self.register_buffer("_action_masks", _action_masks(cfg))
+            self.register_buffer("_discounts", _task_discounts(cfg))
         self.pixels = getattr(cfg, "obs", "state") == "rgb"
         if self.pixels:  # uint8 frame stacks -> conv net (ldmpc.conv_encoder)
             self._encoder = pixel_encoder(cfg)
@@ -110,6 +111,13 @@ class WorldModel(nn.Module):
         if not self.multitask or task is None:
             return None
         return self._action_masks[task.long()]
+
+    def discount(self, task: torch.Tensor | None, default: float) -> torch.Tensor | float:
+        """Per-task discount [..., 1] (TD-MPC2 derives one per task from its episode length);
+        `default` (cfg.discount) when single-task."""
+        if not self.multitask or task is None:
+            return default
+        return self._discounts[task.long()].unsqueeze(-1)
 
     def encode(self, obs: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
         """Observation [..., obs_dim] (obs=rgb: uint8 frames [..., C, H, W]) -> latent [..., L]."""
@@ -242,3 +250,16 @@ def _action_masks(cfg: Any) -> torch.Tensor:
     for i, d in enumerate(dims):
         masks[i, : int(d)] = 1.0
     return masks
+
+
+def task_discount(model: Any, task: torch.Tensor | None, cfg: Any) -> torch.Tensor | float:
+    """The discount of each item's task ([..., 1], multitask) or cfg.discount (single task);
+    shared by the TD target and the planner's returns."""
+    fn = getattr(model, "discount", None)  # duck-typed test models have none
+    return cfg.discount if fn is None else fn(task, cfg.discount)
+
+
+def _task_discounts(cfg: Any) -> torch.Tensor:
+    """[num_tasks] discounts from `cfg.discounts`; cfg.discount for every task when absent."""
+    discounts = getattr(cfg, "discounts", None) or [cfg.discount] * len(cfg.tasks)
+    return torch.tensor([float(d) for d in discounts])
