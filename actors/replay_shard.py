@@ -37,7 +37,7 @@ from ldmpc.replay_snapshot import MANIFEST
 __all__ = ["ReplayShard", "ShardedReplay", "remote_shard_class", "shard_dir", "shard_of"]
 
 STATE_VERSION = 1
-_BATCH_AXIS = {"task": 0}  # every other key of a sampled batch is time-major: batch axis 1
+_BATCH_AXIS = {"task": 0, "span": 0}  # other keys of a sampled batch are time-major: batch axis 1
 
 
 def shard_of(key: str | int | bytes, num_shards: int) -> int:
@@ -107,12 +107,15 @@ class ReplayShard:
         snapshot_every: int = 0,
         resume: bool = False,
         threads: int = 1,
+        min_horizon: int | None = None,
     ) -> None:
         _pin_threads(threads)
         self.index = int(index)
         self.directory = Path(directory)
         self.snapshot_every = int(snapshot_every)
-        self.replay = EpisodeReplay(capacity, horizon, obs_shape, action_dim, seed, obs_dtype)
+        self.replay = EpisodeReplay(
+            capacity, horizon, obs_shape, action_dim, seed, obs_dtype, min_horizon
+        )
         self._seed = seed
         self._unsaved = 0  # episodes added since the last snapshot
         self.reconstructed = _was_reconstructed()
@@ -213,7 +216,7 @@ class ReplayShard:
     def _empty_replay(self) -> EpisodeReplay:
         r = self.replay
         return EpisodeReplay(
-            r.capacity, r.horizon, r.obs_shape, r.action_dim, self._seed, r.obs_dtype
+            r.capacity, r.horizon, r.obs_shape, r.action_dim, self._seed, r.obs_dtype, r.min_horizon
         )
 
 
@@ -254,6 +257,7 @@ class ShardedReplay:
         resume: bool = False,
         num_cpus: float = 0.0,
         max_task_retries: int = 3,
+        min_horizon: int | None = None,
     ) -> None:
         if num_shards < 1 or capacity // num_shards < 1:
             raise ValueError(
@@ -282,6 +286,7 @@ class ShardedReplay:
                 obs_dtype=np.dtype(obs_dtype),
                 snapshot_every=snapshot_every,
                 resume=resume,
+                min_horizon=min_horizon,
             )
             for i in range(num_shards)
         ]

@@ -89,7 +89,9 @@ def world_model_loss(
     z = model.encode(obs[0], task)
     rho = _rho_weights(cfg, H, reward)
     if model.diffusion_dynamics:
-        zs_t, diffusion = _diffusion_rollout(model, z, batch["action"], window_z, rho, cfg, task)
+        zs_t, diffusion = _diffusion_rollout(
+            model, z, batch["action"], window_z, rho, cfg, task, batch.get("span")
+        )
     else:
         zs = [z]
         for t in range(H):
@@ -131,11 +133,18 @@ def _diffusion_rollout(
     rho: torch.Tensor,
     cfg: Any,
     task: torch.Tensor | None,
+    span: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """dynamics=diffusion: the latents z_1..z_H the planner would generate (one sampler pass
     from fresh noise at scale 1, with gradient: consistency, reward and value losses read them
     exactly as they read the mlp rollout) and the denoising loss against the encoder latents
-    window_z [W, B, L] of the replay window, each item at a scale drawn from `cfg.scales`.
+    window_z [W, B, L] of the replay window.
+
+    Scale rule: item b trains at a scale drawn uniformly among the scales s of `cfg.scales`
+    whose window fits in its episode, s * H <= span[b] (span [B]: the real steps of the replay
+    window, whose tail past the episode end is padding; absent: every window is whole). Scales
+    ascend from 1 and span >= H, so the fitting scales are a non-empty prefix and scale 1 always
+    fits. A fixed-shape draw: no host sync.
 
     Returns (zs [H+1, B, L], denoising loss). Both terms train the denoiser and, through z_0,
     the encoder.
@@ -147,7 +156,12 @@ def _diffusion_rollout(
     dyn = model._diff_dynamics
     generated = dyn.generate(cond, acts[:, :H], noise)  # [B, H, L]
     scales = torch.tensor(list(cfg.scales), device=z.device)
-    scale = scales[torch.randint(len(scales), (B,), device=z.device)]
+    if span is None:
+        fits = torch.full((B,), len(scales), device=z.device)
+    else:
+        fits = (scales * H <= span.to(z.device)[:, None]).sum(1).clamp(min=1)  # [B]
+    pick = (torch.rand(B, device=z.device) * fits).long()
+    scale = scales[torch.minimum(pick, fits - 1)]
     diffusion = dyn.loss(cond, acts, window_z.transpose(0, 1), scale, token_weight=rho)
     return torch.cat([z.unsqueeze(0), generated.transpose(0, 1)]), diffusion
 

@@ -7,9 +7,17 @@ Layout: an episode of T transitions occupies T+1 consecutive *rows* of flat arra
 (obs row t = o_t; action/reward/terminated row t = a_t, r_t, d_t; the last row's action/reward are
 padding). Episodes are placed in a ring and never wrap inside themselves, so a window is plain
 index arithmetic `row0 + k*stride`, vectorised over the batch. A small episode table (id, first
-row, length, task) drives uniform sampling over all valid start positions and FIFO eviction by
-whole episodes. This file is storage + sampling only: Arrow IPC snapshots (save/load) live in
+row, length, task) drives sampling over valid start positions and FIFO eviction by whole episodes.
+This file is storage + sampling only: Arrow IPC snapshots (save/load) live in
 `ldmpc.replay_snapshot`.
+
+Sampling rule (issue #7), uniform starts for the short window:
+- Multi-scale diffusion dynamics need windows of W = horizon * max(scales) steps, but the TD-MPC2
+  losses read only the first horizon + 1 steps. Starts are drawn among all positions with at
+  least `min_horizon` steps left (not W), and the part of a window past its episode's end is
+  padding (the final observation repeated, zero action/reward/terminated). `span` [B] says how
+  many steps of each window are real; the diffusion loss trains an item only at scales whose
+  window fits in it.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -84,6 +92,7 @@ def replay_args(cfg: Any) -> dict[str, Any]:
     return {
         "capacity": cfg.buffer_size,
         "horizon": cfg.window,  # horizon, or longer for multi-scale diffusion dynamics
+        "min_horizon": cfg.horizon,  # every start with an H-step window left is drawn
         "obs_shape": tuple(cfg.obs_shape),
         "action_dim": cfg.action_dim,
         "seed": cfg.seed,
@@ -91,12 +100,24 @@ def replay_args(cfg: Any) -> dict[str, Any]:
     }
 
 
+class _Index(NamedTuple):
+    """Sampling index of the episodes with >= `span` transitions: window w lies in episode k
+    with cum[k] <= w < cum[k+1]."""
+
+    cum: np.ndarray  # [E+1] cumulative valid starts
+    starts: np.ndarray  # [E] first rows
+    lengths: np.ndarray  # [E] transitions
+    tasks: np.ndarray  # [E]
+
+
 class EpisodeReplay:
     """Capacity-bounded store of whole episodes with fast, episode-local window sampling.
 
     `capacity` counts transitions; once exceeded, whole oldest episodes are evicted (FIFO).
-    Sampling draws each valid (episode, start) pair with equal probability, so long episodes are
-    sampled in proportion to their length and episodes shorter than the window are skipped.
+    Windows are `horizon` steps long; their starts are every position with at least
+    `min_horizon` (default: `horizon`) steps left in its episode, drawn with equal probability,
+    so long episodes are sampled in proportion to their length and episodes shorter than
+    `min_horizon` are skipped.
     """
 
     def __init__(
@@ -107,13 +128,17 @@ class EpisodeReplay:
         action_dim: int,
         seed: int = 0,
         obs_dtype: Any = np.float32,
+        min_horizon: int | None = None,
     ) -> None:
-        if capacity < 1 or horizon < 1 or action_dim < 1:
+        min_horizon = horizon if min_horizon is None else min_horizon
+        if capacity < 1 or action_dim < 1 or not 1 <= min_horizon <= horizon:
             raise ValueError(
-                f"need capacity, horizon, action_dim >= 1, got {capacity}, {horizon}, {action_dim}"
+                f"need capacity, action_dim >= 1 and 1 <= min_horizon <= horizon, got "
+                f"{capacity}, {action_dim}, {min_horizon}, {horizon}"
             )
         self.capacity = int(capacity)
         self.horizon = int(horizon)
+        self.min_horizon = int(min_horizon)
         self.obs_shape = tuple(int(d) for d in obs_shape)
         self.action_dim = int(action_dim)
         self.obs_dtype = np.dtype(obs_dtype)
@@ -123,7 +148,7 @@ class EpisodeReplay:
         self._write = 0  # first row after the newest episode
         self._num_transitions = 0
         self._next_id = 0
-        self._index_cache: dict[int, tuple[np.ndarray, ...]] = {}
+        self._index_cache: dict[int, _Index] = {}
         self._saved: _SaveState | None = None
 
     # ----------------------------------------------------------------------------- storage
@@ -252,18 +277,24 @@ class EpisodeReplay:
         return live_rows
 
     # ----------------------------------------------------------------------------- sampling
-    def _index(self, span: int) -> tuple[np.ndarray, ...]:
-        """([0, cumulative valid starts...], first rows, tasks) of episodes with >= span steps."""
+    def _index(self, span: int) -> _Index:
+        """The sampling index of windows that need `span` transitions (cached until a change)."""
         if span not in self._index_cache:
             lengths = self._table.col("length")
             valid = np.maximum(lengths - span + 1, 0)
             keep = valid > 0
-            self._index_cache[span] = (
+            self._index_cache[span] = _Index(
                 np.concatenate([[0], np.cumsum(valid[keep])]),
-                self._table.col("start")[keep].copy(),
-                self._table.col("task")[keep].copy(),
+                self._table.col("start")[keep],
+                lengths[keep],
+                self._table.col("task")[keep],
             )
         return self._index_cache[span]
+
+    def _min_span(self, horizon: int | None, stride: int) -> int:
+        """Transitions a start needs: `min_horizon` segments by default, all of them for an
+        explicit `horizon` (no padding)."""
+        return (self.min_horizon if horizon is None else int(horizon)) * stride
 
     def sample(
         self,
@@ -273,34 +304,45 @@ class EpisodeReplay:
         device: str | torch.device | None = None,
     ) -> dict[str, Any]:
         """Sample `batch_size` windows, time-major: obs [H+1,B,*obs], action [H,B,A],
-        reward [H,B,1], terminated [H,B,1] (float32 0/1), task [B] (int64).
+        reward [H,B,1], terminated [H,B,1] (float32 0/1), task [B] (int64), span [B] (int64).
 
         With stride s the observations are o_t, o_{t+s}, ..., o_{t+H*s} (one episode); action k is
         the FIRST action of segment k, a_{t+k*s} (the rest of the segment's actions are dropped),
         reward k is the undiscounted sum r_{t+k*s} + ... + r_{t+(k+1)*s-1}, and terminated k is
-        true when any step of segment k terminated. `device` given: torch tensors on it.
+        true when any step of segment k terminated. `horizon` None: the replay's window, whose
+        starts need only `min_horizon` segments, padded past the episode end (see the module
+        doc); `span` = min(H*s, T - t), the real transitions of each window. `device` given:
+        torch tensors on it.
         """
         H = self.horizon if horizon is None else int(horizon)
         if batch_size < 1 or H < 1 or stride < 1:
             raise ValueError(
                 f"need batch_size, horizon, stride >= 1, got {batch_size}, {H}, {stride}"
             )
-        cum, starts, tasks = self._index(H * stride)
-        if cum[-1] == 0:
+        need = self._min_span(horizon, stride)
+        index = self._index(need)
+        if index.cum[-1] == 0:
             raise ValueError(
-                f"no stored episode has >= {H * stride} transitions to sample "
+                f"no stored episode has >= {need} transitions to sample "
                 f"({self.num_episodes} episodes, {self.num_transitions} transitions)"
             )
-        u = self._rng.integers(0, cum[-1], size=batch_size)
-        k = np.searchsorted(cum, u, side="right") - 1  # episode of each draw
-        row0 = starts[k] + (u - cum[k])
+        u = self._rng.integers(0, index.cum[-1], size=batch_size)
+        k = np.searchsorted(index.cum, u, side="right") - 1  # episode of each draw
+        t0 = u - index.cum[k]
+        row0 = index.starts[k] + t0
         obs_rows = row0[None, :] + (np.arange(H + 1) * stride)[:, None]  # [H+1, B]
+        last = index.starts[k] + index.lengths[k]  # final observation row of each episode
+        padded = need < H * stride
+        if padded:  # past the end: the final obs; its row's action/reward/terminated are 0
+            obs_rows = np.minimum(obs_rows, last)
         act_rows = obs_rows[:-1]
         if stride == 1:
             reward = self._reward[act_rows]
             terminated = self._terminated[act_rows]
         else:
             seg = act_rows[..., None] + np.arange(stride)  # [H, B, s]
+            if padded:
+                seg = np.minimum(seg, last[:, None])
             reward = self._reward[seg].sum(-1, dtype=np.float32)
             terminated = self._terminated[seg].any(-1)
         out = {
@@ -308,7 +350,8 @@ class EpisodeReplay:
             "action": self._action.take(act_rows, axis=0),
             "reward": reward[..., None],
             "terminated": terminated[..., None].astype(np.float32),
-            "task": tasks[k],
+            "task": index.tasks[k],
+            "span": np.minimum(index.lengths[k] - t0, H * stride),
         }
         if device is not None:
             import torch

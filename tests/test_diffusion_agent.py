@@ -281,6 +281,43 @@ def test_multiscale_training_and_coarse_tail_planning() -> None:
     assert not torch.allclose(g_tail, g_head)
 
 
+def test_multiscale_scale_fits_each_items_episode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #7: an item whose replay window runs past its episode's end (span < W) trains only
+    at scales whose s * H window fits; every fitting scale is drawn; scale 1 always fits."""
+    from ldmpc import losses
+    from ldmpc.replay import EpisodeReplay
+
+    cfg = make_cfg(*ALL_ON, "scales=[1,2,4]", "batch_size=6")
+    model = WorldModel(cfg)
+    H, W = cfg.horizon, cfg.window
+    span = torch.tensor([3, 5, 6, 11, 12, 12])  # fitting scales: 1 | 1 | 1,2 | 1,2 | all | all
+    allowed = [{1}, {1}, {1, 2}, {1, 2}, {1, 2, 4}, {1, 2, 4}]
+    seen: list[torch.Tensor] = []
+    monkeypatch.setattr(
+        model._diff_dynamics, "loss", lambda cond, acts, targets, scale, **kw: seen.append(scale)
+    )
+    z = model.encode(torch.randn(6, 5))
+    window_z = torch.rand(W, 6, cfg.latent_dim)
+    acts, rho = torch.rand(W, 6, 2), torch.ones(H)
+    for _ in range(200):
+        losses._diffusion_rollout(model, z, acts, window_z, rho, cfg, None, span)
+    drawn = torch.stack(seen)  # [200, B]
+    assert [set(drawn[:, b].tolist()) for b in range(6)] == allowed
+    losses._diffusion_rollout(model, z, acts, window_z, rho, cfg, None, None)
+    assert seen[-1].shape == (6,)  # no span: whole windows, every scale
+
+    # end to end: a replay window that runs past the episode end trains without error
+    monkeypatch.undo()
+    replay = EpisodeReplay(1000, W, (5,), 2, seed=0, min_horizon=H)
+    T = W + 2
+    replay.add_episode({"obs": torch.randn(T + 1, 5).numpy(), "action": torch.rand(T, 2).numpy(),
+                        "reward": torch.rand(T).numpy()})  # fmt: skip
+    batch = replay.sample(cfg.batch_size, device="cpu")
+    assert (batch["span"] < W).any() and (batch["span"] >= H).all()
+    info = Agent(cfg, "cpu").update(batch)
+    assert all(torch.isfinite(torch.tensor(v)) for v in info.values())
+
+
 def test_review_fixes_checkpoint_layout_and_validation() -> None:
     # the TD-MPC2 optimizer groups keep their layout (old checkpoints' optimizer states load);
     # the diffusion parts come after them

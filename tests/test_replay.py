@@ -1,4 +1,5 @@
-"""EpisodeReplay: episode-local windows, uniform starts, FIFO eviction, builder, snapshots."""
+"""EpisodeReplay: episode-local windows, uniform starts (also for the short head of a long
+multi-scale window), FIFO eviction, builder, snapshots."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ from ldmpc.replay import EpisodeReplay
 A = 2
 
 
-def make_episode(ep: int, length: int, terminal: bool = False) -> dict:
-    """obs row t = (ep, t, ep*1000+t); action t = (ep, t); reward t = ep*1000+t; task = ep % 3."""
+def make_episode(ep: int, length: int, terminal: bool = False, task: int | None = None) -> dict:
+    """obs row t = (ep, t, ep*1000+t); action t = (ep, t); reward t = ep*1000+t; task = ep % 3
+    unless given."""
     T = length
     t = np.arange(T + 1, dtype=np.float32)
     obs = np.stack([np.full(T + 1, ep, np.float32), t, ep * 1000 + t], axis=1)
@@ -35,14 +37,21 @@ def make_episode(ep: int, length: int, terminal: bool = False) -> dict:
         "action": obs[:T, :2].copy(),
         "reward": ep * 1000 + t[:T],
         "terminated": term,
-        "task": ep % 3,
+        "task": ep % 3 if task is None else task,
     }
 
 
-def filled(capacity: int, lengths: list[int], horizon: int = 3, seed: int = 0) -> EpisodeReplay:
-    rb = EpisodeReplay(capacity, horizon, (3,), A, seed=seed)
+def filled(
+    capacity: int,
+    lengths: list[int],
+    horizon: int = 3,
+    seed: int = 0,
+    task: int | None = None,
+    min_horizon: int | None = None,
+) -> EpisodeReplay:
+    rb = EpisodeReplay(capacity, horizon, (3,), A, seed=seed, min_horizon=min_horizon)
     for i, T in enumerate(lengths):
-        assert rb.add_episode(make_episode(i, T, terminal=i % 2 == 0)) == i
+        assert rb.add_episode(make_episode(i, T, terminal=i % 2 == 0, task=task)) == i
     return rb
 
 
@@ -91,6 +100,49 @@ def test_start_positions_are_uniform_and_short_episodes_skipped() -> None:
     _, counts = np.unique(ep * 100 + t0, return_counts=True)
     assert len(counts) == 12
     assert np.abs(counts / n - 1 / 12).max() < 0.01  # ~5 sigma at p = 1/12
+
+
+def test_multiscale_window_starts_cover_the_whole_episode() -> None:
+    """Issue #7: a W = 12-step window whose head H = 3 feeds the TD-MPC2 losses draws every start
+    with >= 3 steps left (not only those with 12), pads the tail, and `span` counts real steps."""
+    H, W, T = 3, 12, 20
+    rb = filled(1000, [T, 5, 2], horizon=W, min_horizon=H, task=0)
+    n = 40_000
+    b = rb.sample(n)
+    ep, t0 = b["obs"][0, :, 0].astype(int), b["obs"][0, :, 1].astype(int)
+    starts = {(0, t) for t in range(T - H + 1)} | {(1, t) for t in range(5 - H + 1)}
+    keys, counts = np.unique(ep * 100 + t0, return_counts=True)
+    assert set(keys.tolist()) == {e * 100 + t for e, t in starts}  # episode 2 (2 steps) skipped
+    assert np.abs(counts / n - 1 / len(starts)).max() < 0.008  # ~5 sigma at p = 1/21
+    late = (ep == 0) & (t0 > T - W)
+    print(f"starts in the last W-H steps of episode 0: {late.mean():.3f} of the batch")
+    assert late.mean() == pytest.approx(9 / 21, abs=0.01)  # never drawn before the fix
+    length = np.where(ep == 0, T, 5)
+    assert np.array_equal(b["span"], np.minimum(length - t0, W))
+    k = np.arange(W + 1)[:, None]
+    real = k <= b["span"]  # [W+1, B]: obs o_t .. o_{t+span} are real, then the last repeats
+    assert (b["obs"][:, :, 0] == ep).all(), "window crossed an episode boundary"
+    assert np.array_equal(b["obs"][:, :, 1], np.where(real, t0 + k, length))
+    act_real = real[1:]  # action k is real for k < span
+    assert np.array_equal(b["action"][:, :, 1], np.where(act_real, t0 + k[:-1], 0))
+    assert np.array_equal(b["reward"][..., 0], np.where(act_real, ep * 1000 + t0 + k[:-1], 0))
+    terminal = (t0 + k[:-1] == length - 1) & (ep % 2 == 0)
+    assert np.array_equal(b["terminated"][..., 0], terminal.astype(np.float32))
+    full = rb.sample(1000, horizon=W)  # an explicit horizon: whole windows only, as before
+    assert (full["obs"][0, :, 0] == 0).all() and (full["span"] == W).all()
+    assert set(full["obs"][0, :, 1].astype(int).tolist()) == set(range(T - W + 1))
+
+
+def test_padded_windows_with_stride_sum_only_real_rewards() -> None:
+    rb = EpisodeReplay(1000, 4, (3,), A, seed=0, min_horizon=2)
+    rb.add_episode(make_episode(1, 9, task=0))
+    b = rb.sample(2000, stride=2)
+    t0, span = b["obs"][0, :, 1].astype(int), b["span"]
+    assert set(t0.tolist()) == set(range(9 - 4 + 1)) and np.array_equal(span, np.minimum(9 - t0, 8))
+    steps = t0[None, :, None] + 2 * np.arange(4)[:, None, None] + np.arange(2)  # [H, B, s]
+    want = np.where(steps < 9, 1000 + steps, 0).sum(-1)
+    assert np.array_equal(b["reward"][..., 0], want)
+    assert (b["obs"][:, :, 1] <= 9).all()
 
 
 def test_longer_horizon_than_any_episode_raises() -> None:

@@ -97,7 +97,10 @@ class DiffusionDynamics(nn.Module):
 
         cond [B, C]; actions [B, W, A] and targets [B, W, L] (stop-gradient encoder latents of
         o_1..o_W) over the whole replay window W = horizon * max(scales); scale [B] long: item b
-        is trained on the latents scale_b, 2 scale_b, ..., horizon * scale_b steps ahead.
+        is trained on the latents scale_b, 2 scale_b, ..., horizon * scale_b steps ahead, and
+        reads only the first horizon * scale_b steps of its window. A window whose tail is
+        padding (it runs past its episode's end) must get a scale that fits in its real steps:
+        the caller's rule (`ldmpc.losses._diffusion_rollout`).
         """
         H = self.horizon
         idx = scale[:, None] * torch.arange(1, H + 1, device=scale.device) - 1  # [B, H]
