@@ -8,8 +8,10 @@ one shard, which comes back from its own Arrow files (DESIGN.md §3.3, §4).
   directory. `remote_shard_class()` turns it into a Ray actor with `max_restarts=-1`, so importing
   this module needs no running Ray.
 - `ShardedReplay`: the driver's client. Routes each episode by a stable hash of a run-unique key,
-  samples from all shards in proportion to their sizes and returns ONE batch in the format of
-  `EpisodeReplay.sample`, and snapshots/restores all shards for checkpoints.
+  samples from all shards in proportion to their sizes (per task when several tasks are stored,
+  so the batch is task-balanced globally as `EpisodeReplay.sample` is locally) and returns ONE
+  batch in the format of `EpisodeReplay.sample`, and snapshots/restores all shards for
+  checkpoints.
 
 Restart rule: a shard that Ray *reconstructs* (its process died) reloads its directory; a shard
 started for the first time never reads it, and in a fresh run writes an empty snapshot at once so
@@ -37,7 +39,10 @@ from ldmpc.replay_snapshot import MANIFEST
 __all__ = ["ReplayShard", "ShardedReplay", "remote_shard_class", "shard_dir", "shard_of"]
 
 STATE_VERSION = 1
-_BATCH_AXIS = {"task": 0, "span": 0}  # other keys of a sampled batch are time-major: batch axis 1
+_BATCH_AXIS = {
+    "task": 0,
+    "span": 0,
+}  # every other key of a sampled batch is time-major: batch axis 1
 
 
 def shard_of(key: str | int | bytes, num_shards: int) -> int:
@@ -141,14 +146,22 @@ class ReplayShard:
         return self.size()
 
     def sample(
-        self, batch_size: int, horizon: int | None = None, stride: int = 1
+        self,
+        batch_size: int,
+        horizon: int | None = None,
+        stride: int = 1,
+        tasks: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """`EpisodeReplay.sample` (numpy, time-major); ValueError when no window fits."""
-        return self.replay.sample(batch_size, horizon, stride)
+        return self.replay.sample(batch_size, horizon, stride, tasks=tasks)
 
     def size(self) -> tuple[int, int]:
         """(transitions, episodes) held now."""
         return self.replay.num_transitions, self.replay.num_episodes
+
+    def window_counts(self, horizon: int | None = None, stride: int = 1) -> dict[int, int]:
+        """{task: valid windows} (`EpisodeReplay.window_counts`): the driver's per-task split."""
+        return self.replay.window_counts(horizon, stride)
 
     def episode_ids(self) -> list[int]:
         """Shard-local ids of the live episodes, oldest first (cheap content fingerprint)."""
@@ -236,8 +249,9 @@ def _shard_seed(seed: int, index: int) -> int:
 class ShardedReplay:
     """Driver-side client of K `ReplayShard` actors; a drop-in for `EpisodeReplay`'s sampling.
 
-    Shard sizes are cached from the replies of `add`, `refresh` and `restore`, so
-    `num_transitions`/`num_episodes` cost no RPC. Each shard gets `capacity // num_shards`
+    Shard sizes and per-task window counts are cached from the replies of `add`, `refresh`,
+    `snapshot`, `restore` and `clear`, so `num_transitions`/`num_episodes` and a default-window
+    `sample` cost no extra RPC. Each shard gets `capacity // num_shards`
     transitions (FIFO eviction is per shard). Actor calls are retried after a restart
     (`max_task_retries`): adds are at-least-once, so a kill between a shard's snapshot and its
     reply may store that batch twice (harmless for sampling).
@@ -271,6 +285,7 @@ class ShardedReplay:
         self._rng = np.random.default_rng(seed)
         self._added = 0  # episodes routed so far: the default run-unique key
         self._sizes = np.zeros((num_shards, 2), np.int64)  # (transitions, episodes) per shard
+        self._windows: list[dict[int, int]] = [{} for _ in range(num_shards)]  # task -> windows
         cls = remote_shard_class().options(
             num_cpus=num_cpus, max_restarts=-1, max_task_retries=max_task_retries
         )
@@ -320,8 +335,22 @@ class ShardedReplay:
 
     def refresh(self) -> np.ndarray:
         """Ask every shard for its size (e.g. after a restart); returns the [K, 2] sizes."""
-        self._sizes[:] = self._get([s.size.remote() for s in self.shards])
+        self._update(range(self.num_shards), [s.size.remote() for s in self.shards])
         return self.shard_sizes
+
+    def _update(self, order: Sequence[int], size_refs: list[Any]) -> list[Any]:
+        """Wait for calls to shards `order` that reply with their size (or a dict holding it),
+        cache those sizes and the shards' window counts (asked in the same round trip: an
+        actor runs one caller's calls in order); returns the replies."""
+        order = list(order)
+        count_refs = [self.shards[i].window_counts.remote() for i in order]
+        replies = self._get([*size_refs, *count_refs])
+        for i, reply, counts in zip(order, replies, replies[len(order) :]):
+            if isinstance(reply, dict):
+                reply = (reply["num_transitions"], reply["num_episodes"])
+            self._sizes[i] = reply
+            self._windows[i] = counts
+        return replies[: len(order)]
 
     # ------------------------------------------------------------------ data
     def add(self, episodes: Sequence[Episode], keys: Sequence[Any] | None = None) -> None:
@@ -345,8 +374,7 @@ class ShardedReplay:
             groups.setdefault(shard_of(key, self.num_shards), []).append(ep)
         self._added += len(episodes)
         order = sorted(groups)
-        sizes = self._get([self.shards[i].add_episodes.remote(groups[i]) for i in order])
-        self._sizes[order] = sizes
+        self._update(order, [self.shards[i].add_episodes.remote(groups[i]) for i in order])
 
     def sample(
         self,
@@ -358,7 +386,10 @@ class ShardedReplay:
         """`batch_size` windows from all shards, split in proportion to their transitions.
 
         Same keys, shapes and dtypes as `EpisodeReplay.sample`; the shards' parts are shuffled
-        together so any slice of the batch is a fair sample. A shard that cannot serve its part
+        together so any slice of the batch is a fair sample. With several tasks stored, each item
+        picks a task uniformly (among tasks with a window in any shard), then a shard in
+        proportion to its windows of that task, and the shard draws within that task: the
+        global batch is task-balanced like `EpisodeReplay`'s. A shard that cannot serve its part
         (restarted with fewer episodes, or no episode long enough) is dropped after a size
         refresh and the batch is redrawn from the others.
         """
@@ -367,16 +398,19 @@ class ShardedReplay:
         usable = np.ones(self.num_shards, bool)
         error: ValueError | None = None
         while True:
-            weights = np.where(usable, self._sizes[:, 0], 0).astype(np.float64)
-            if weights.sum() <= 0:
+            plan = self._split(batch_size, usable, horizon, stride)
+            if plan is None:
                 raise error or ValueError(
                     f"replay is empty: {self.num_shards} shards hold no transitions"
                 )
-            counts = self._rng.multinomial(batch_size, weights / weights.sum())
-            idx = np.flatnonzero(counts)
-            refs = [self.shards[i].sample.remote(int(counts[i]), horizon, stride) for i in idx]
+            refs = [
+                self.shards[i].sample.remote(len(t), horizon, stride, tasks=t)
+                if t is not None
+                else self.shards[i].sample.remote(n, horizon, stride)
+                for i, (n, t) in plan.items()
+            ]
             parts, failed = [], []
-            for i, ref in zip(idx, refs):
+            for i, ref in zip(plan, refs):
                 try:
                     parts.append(self._get(ref))
                 except ValueError as e:  # no window of this length in that shard (or bad arguments)
@@ -387,6 +421,41 @@ class ShardedReplay:
             usable[failed] = False
             self.refresh()
 
+    def _split(
+        self, batch_size: int, usable: np.ndarray, horizon: int | None, stride: int
+    ) -> dict[int, tuple[int, np.ndarray | None]] | None:
+        """{shard: (items, per-item tasks or None)} for one batch; None when nothing is usable.
+
+        One task (or none known): the split in proportion to shard transitions (the draws of a
+        single-task run are unchanged). Several: task-balanced, by per-(shard, task) windows.
+        """
+        if horizon is None and stride == 1:
+            windows = self._windows
+        else:  # another window length: other counts (not cached; a rare call)
+            windows = self._get([s.window_counts.remote(horizon, stride) for s in self.shards])
+        task_ids = sorted({t for i in np.flatnonzero(usable) for t in windows[i]})
+        if len(task_ids) > 1:
+            counts = np.array(
+                [[windows[i].get(t, 0) for t in task_ids] for i in range(len(usable))]
+            )
+            counts[~usable] = 0
+            per_task = np.bincount(
+                self._rng.integers(0, len(task_ids), batch_size), minlength=len(task_ids)
+            )
+            split = np.stack(
+                [self._rng.multinomial(n, c / c.sum()) for n, c in zip(per_task, counts.T)], 1
+            )  # [K, tasks]
+            ids = np.asarray(task_ids, np.int64)
+            return {
+                int(i): (int(split[i].sum()), np.repeat(ids, split[i]))
+                for i in np.flatnonzero(split.sum(1))
+            }
+        weights = np.where(usable, self._sizes[:, 0], 0).astype(np.float64)
+        if weights.sum() <= 0:
+            return None
+        counts = self._rng.multinomial(batch_size, weights / weights.sum())
+        return {int(i): (int(counts[i]), None) for i in np.flatnonzero(counts)}
+
     # ------------------------------------------------------------------ checkpoints
     def snapshot(self) -> dict[str, Any]:
         """Snapshot every shard (in parallel) and return the state for the checkpoint.
@@ -394,8 +463,9 @@ class ShardedReplay:
         Call it right before writing the checkpoint: `restore(state)` later drops any episode
         a shard snapshotted after this point.
         """
-        shard_states = self._get([s.snapshot.remote() for s in self.shards])
-        self._sizes[:] = [(s["num_transitions"], s["num_episodes"]) for s in shard_states]
+        shard_states = self._update(
+            range(self.num_shards), [s.snapshot.remote() for s in self.shards]
+        )
         return self._state([_small(s) for s in shard_states])
 
     def state(self) -> dict[str, Any]:
@@ -418,14 +488,16 @@ class ShardedReplay:
                 f"the checkpoint's replay has {state.get('num_shards')} shards, this run "
                 f"{self.num_shards}: resume with replay_shards={state.get('num_shards')}"
             )
-        sizes = self._get([s.restore.remote(st) for s, st in zip(self.shards, state["shards"])])
-        self._sizes[:] = sizes
+        self._update(
+            range(self.num_shards),
+            [s.restore.remote(st) for s, st in zip(self.shards, state["shards"])],
+        )
         self._rng.bit_generator.state = state["rng"]
         self._added = int(state["episodes_added"])
 
     def clear(self) -> None:
         """Empty every shard in memory and on disk (e.g. `resume=true` found no checkpoint)."""
-        self._sizes[:] = self._get([s.clear.remote() for s in self.shards])
+        self._update(range(self.num_shards), [s.clear.remote() for s in self.shards])
 
     def close(self) -> None:
         """Kill the shard actors for good (their files stay): frees the directories for a new

@@ -11,13 +11,16 @@ row, length, task) drives sampling over valid start positions and FIFO eviction 
 This file is storage + sampling only: Arrow IPC snapshots (save/load) live in
 `ldmpc.replay_snapshot`.
 
-Sampling rule (issue #7), uniform starts for the short window:
-- Multi-scale diffusion dynamics need windows of W = horizon * max(scales) steps, but the TD-MPC2
-  losses read only the first horizon + 1 steps. Starts are drawn among all positions with at
-  least `min_horizon` steps left (not W), and the part of a window past its episode's end is
-  padding (the final observation repeated, zero action/reward/terminated). `span` [B] says how
-  many steps of each window are real; the diffusion loss trains an item only at scales whose
-  window fits in it.
+Sampling rules (issues #7, #9):
+- *Uniform starts for the short window.* Multi-scale diffusion dynamics need windows of
+  W = horizon * max(scales) steps, but the TD-MPC2 losses read only the first horizon + 1 steps.
+  Starts are drawn among all positions with at least `min_horizon` steps left (not W), and the
+  part of a window past its episode's end is padding (the final observation repeated, zero
+  action/reward/terminated). `span` [B] says how many steps of each window are real; the
+  diffusion loss trains an item only at scales whose window fits in it.
+- *Task balance.* With more than one task stored, each item first picks a task uniformly among
+  the tasks that have a valid window, then a window uniformly within that task, so a task with
+  few or short episodes is not starved. With one task this is exactly the plain uniform draw.
 """
 
 from __future__ import annotations
@@ -101,13 +104,16 @@ def replay_args(cfg: Any) -> dict[str, Any]:
 
 
 class _Index(NamedTuple):
-    """Sampling index of the episodes with >= `span` transitions: window w lies in episode k
-    with cum[k] <= w < cum[k+1]."""
+    """Sampling index of the episodes with >= `span` transitions, grouped by task (FIFO order
+    within a task): window w of the group lies in episode k with cum[k] <= w < cum[k+1]."""
 
     cum: np.ndarray  # [E+1] cumulative valid starts
     starts: np.ndarray  # [E] first rows
     lengths: np.ndarray  # [E] transitions
     tasks: np.ndarray  # [E]
+    task_ids: np.ndarray  # [T] sorted tasks with >= 1 valid window
+    task_lo: np.ndarray  # [T] first window of each task
+    task_n: np.ndarray  # [T] valid windows of each task (> 0)
 
 
 class EpisodeReplay:
@@ -115,9 +121,9 @@ class EpisodeReplay:
 
     `capacity` counts transitions; once exceeded, whole oldest episodes are evicted (FIFO).
     Windows are `horizon` steps long; their starts are every position with at least
-    `min_horizon` (default: `horizon`) steps left in its episode, drawn with equal probability,
-    so long episodes are sampled in proportion to their length and episodes shorter than
-    `min_horizon` are skipped.
+    `min_horizon` (default: `horizon`) steps left in its episode, drawn with equal probability
+    within a task (tasks are balanced, see the module doc), so long episodes are sampled in
+    proportion to their length and episodes shorter than `min_horizon` are skipped.
     """
 
     def __init__(
@@ -282,14 +288,28 @@ class EpisodeReplay:
         if span not in self._index_cache:
             lengths = self._table.col("length")
             valid = np.maximum(lengths - span + 1, 0)
-            keep = valid > 0
+            keep = np.flatnonzero(valid > 0)
+            keep = keep[np.argsort(self._table.col("task")[keep], kind="stable")]  # by task
+            cum = np.concatenate([[0], np.cumsum(valid[keep])])
+            tasks = self._table.col("task")[keep]
+            task_ids, first = np.unique(tasks, return_index=True)
+            bounds = cum[np.append(first, len(keep))]
             self._index_cache[span] = _Index(
-                np.concatenate([[0], np.cumsum(valid[keep])]),
+                cum,
                 self._table.col("start")[keep],
                 lengths[keep],
-                self._table.col("task")[keep],
+                tasks,
+                task_ids,
+                bounds[:-1],
+                np.diff(bounds),
             )
         return self._index_cache[span]
+
+    def window_counts(self, horizon: int | None = None, stride: int = 1) -> dict[int, int]:
+        """{task: number of start positions `sample(..., horizon, stride)` draws from}: what a
+        sharded replay needs to split a task-balanced batch across shards."""
+        index = self._index(self._min_span(horizon, stride))
+        return {int(t): int(n) for t, n in zip(index.task_ids, index.task_n)}
 
     def _min_span(self, horizon: int | None, stride: int) -> int:
         """Transitions a start needs: `min_horizon` segments by default, all of them for an
@@ -302,6 +322,7 @@ class EpisodeReplay:
         horizon: int | None = None,
         stride: int = 1,
         device: str | torch.device | None = None,
+        tasks: Sequence[int] | np.ndarray | None = None,
     ) -> dict[str, Any]:
         """Sample `batch_size` windows, time-major: obs [H+1,B,*obs], action [H,B,A],
         reward [H,B,1], terminated [H,B,1] (float32 0/1), task [B] (int64), span [B] (int64).
@@ -311,8 +332,9 @@ class EpisodeReplay:
         reward k is the undiscounted sum r_{t+k*s} + ... + r_{t+(k+1)*s-1}, and terminated k is
         true when any step of segment k terminated. `horizon` None: the replay's window, whose
         starts need only `min_horizon` segments, padded past the episode end (see the module
-        doc); `span` = min(H*s, T - t), the real transitions of each window. `device` given:
-        torch tensors on it.
+        doc); `span` = min(H*s, T - t), the real transitions of each window. `tasks` [B]: item b
+        is drawn uniformly among the windows of task tasks[b] (ValueError if it has none);
+        otherwise tasks are balanced. `device` given: torch tensors on it.
         """
         H = self.horizon if horizon is None else int(horizon)
         if batch_size < 1 or H < 1 or stride < 1:
@@ -326,7 +348,7 @@ class EpisodeReplay:
                 f"no stored episode has >= {need} transitions to sample "
                 f"({self.num_episodes} episodes, {self.num_transitions} transitions)"
             )
-        u = self._rng.integers(0, index.cum[-1], size=batch_size)
+        u = self._draw(index, batch_size, tasks)
         k = np.searchsorted(index.cum, u, side="right") - 1  # episode of each draw
         t0 = u - index.cum[k]
         row0 = index.starts[k] + t0
@@ -358,6 +380,27 @@ class EpisodeReplay:
 
             return {key: torch.from_numpy(v).to(device) for key, v in out.items()}
         return out
+
+    def _draw(
+        self, index: _Index, batch_size: int, tasks: Sequence[int] | np.ndarray | None
+    ) -> np.ndarray:
+        """Window numbers [B] in `index`: task-balanced, or within the given per-item tasks.
+
+        One task: the plain uniform draw over all windows (the same RNG calls as before tasks
+        were balanced, so single-task runs sample bit-identically)."""
+        if tasks is not None:
+            tasks = np.asarray(tasks, np.int64).reshape(-1)
+            if len(tasks) != batch_size:
+                raise ValueError(f"{len(tasks)} tasks for a batch of {batch_size}")
+            j = np.minimum(np.searchsorted(index.task_ids, tasks), len(index.task_ids) - 1)
+            missing = np.unique(tasks[index.task_ids[j] != tasks])
+            if len(missing):
+                raise ValueError(f"no stored window of task(s) {missing.tolist()} to sample")
+        elif len(index.task_ids) == 1:
+            return self._rng.integers(0, index.cum[-1], size=batch_size)
+        else:
+            j = self._rng.integers(0, len(index.task_ids), size=batch_size)
+        return index.task_lo[j] + self._rng.integers(0, index.task_n[j])
 
     def episode(self, index: int) -> Episode:
         """A copy of live episode `index` (0 = oldest), in the `add_episode` format plus `id`."""

@@ -1,5 +1,5 @@
 """EpisodeReplay: episode-local windows, uniform starts (also for the short head of a long
-multi-scale window), FIFO eviction, builder, snapshots."""
+multi-scale window), task balance, FIFO eviction, builder, snapshots."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def test_windows_stay_inside_one_episode(stride: int) -> None:
 
 
 def test_start_positions_are_uniform_and_short_episodes_skipped() -> None:
-    rb = filled(1000, [3, 5, 2, 10], horizon=3)  # valid starts 1 + 3 + 0 + 8 = 12
+    rb = filled(1000, [3, 5, 2, 10], horizon=3, task=0)  # valid starts 1 + 3 + 0 + 8 = 12
     n = 60_000
     b = rb.sample(n)
     ep, t0 = b["obs"][0, :, 0].astype(int), b["obs"][0, :, 1].astype(int)
@@ -100,6 +100,18 @@ def test_start_positions_are_uniform_and_short_episodes_skipped() -> None:
     _, counts = np.unique(ep * 100 + t0, return_counts=True)
     assert len(counts) == 12
     assert np.abs(counts / n - 1 / 12).max() < 0.01  # ~5 sigma at p = 1/12
+    assert rb.window_counts() == {0: 12}
+
+
+def test_single_task_draws_are_the_plain_uniform_draw() -> None:
+    """One task: the same RNG calls as before tasks were balanced (bit-identical batches)."""
+    rb = filled(1000, [7, 12, 30, 4], task=5, seed=3)
+    rng = np.random.default_rng(3)
+    u = rng.integers(0, 5 + 10 + 28 + 2, size=64)
+    cum = np.array([0, 5, 15, 43, 45])
+    k = np.searchsorted(cum, u, side="right") - 1
+    b = rb.sample(64)
+    assert np.array_equal(b["obs"][0, :, 0], k) and np.array_equal(b["obs"][0, :, 1], u - cum[k])
 
 
 def test_multiscale_window_starts_cover_the_whole_episode() -> None:
@@ -143,6 +155,33 @@ def test_padded_windows_with_stride_sum_only_real_rewards() -> None:
     want = np.where(steps < 9, 1000 + steps, 0).sum(-1)
     assert np.array_equal(b["reward"][..., 0], want)
     assert (b["obs"][:, :, 1] <= 9).all()
+
+
+def test_tasks_are_balanced_whatever_their_episode_counts_and_lengths() -> None:
+    """Issue #9: task 0 holds 40 long episodes, task 1 three short ones, task 2 one that just
+    fits, task 3 only episodes too short for a window: each valid task gets a third of the
+    batch, and windows stay uniform within a task."""
+    rb = EpisodeReplay(100_000, 3, (3,), A, seed=1)
+    i = 0
+    for task, lengths in [(0, [200] * 40), (1, [5, 6, 7]), (2, [3]), (3, [2, 1])]:
+        for T in lengths:
+            rb.add_episode(make_episode(i, T, task=task))
+            i += 1
+    assert rb.window_counts() == {0: 40 * 198, 1: 3 + 4 + 5, 2: 1}
+    n = 30_000
+    b = rb.sample(n)
+    share = np.bincount(b["task"], minlength=4) / n
+    print(f"task shares: {np.round(share, 4).tolist()}")
+    assert share[3] == 0 and np.abs(share[:3] - 1 / 3).max() < 0.015  # ~5.5 sigma
+    ep, t0 = b["obs"][0, :, 0].astype(int), b["obs"][0, :, 1].astype(int)
+    one = b["task"] == 1
+    _, counts = np.unique(ep[one] * 100 + t0[one], return_counts=True)
+    assert len(counts) == 12 and np.abs(counts / one.sum() - 1 / 12).max() < 0.02
+    assert np.array_equal(b["task"], np.select([ep < 40, ep < 43], [0, 1], 2))
+    picked = rb.sample(6, tasks=[2, 1, 1, 0, 2, 2])  # the sharded client's per-item tasks
+    assert picked["task"].tolist() == [2, 1, 1, 0, 2, 2]
+    with pytest.raises(ValueError, match=r"no stored window of task\(s\) \[3, 9\]"):
+        rb.sample(3, tasks=[3, 0, 9])
 
 
 def test_longer_horizon_than_any_episode_raises() -> None:

@@ -1,5 +1,6 @@
 """Sharded replay actors on a real local Ray: stable routing, one batch in EpisodeReplay's
-format drawn in proportion to shard sizes, snapshots, a killed shard, checkpoint round trip."""
+format drawn in proportion to shard sizes (task-balanced across shards when several tasks are
+stored), snapshots, a killed shard, checkpoint round trip."""
 
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ H = 3
 K = 2
 
 
-def make_episode(n: int, length: int) -> dict:
-    """obs row t = (n, t, n*1000+t): a window names its episode and start; task = n % 3."""
+def make_episode(n: int, length: int, task: int | None = None) -> dict:
+    """obs row t = (n, t, n*1000+t): a window names its episode and start; task = n % 3 unless
+    given."""
     t = np.arange(length + 1, dtype=np.float32)
     obs = np.stack([np.full(length + 1, n, np.float32), t, n * 1000 + t], axis=1)
     term = np.zeros(length, bool)
@@ -37,7 +39,7 @@ def make_episode(n: int, length: int) -> dict:
         "action": obs[:length, :2].copy(),
         "reward": n * 1000 + t[:length],
         "terminated": term,
-        "task": n % 3,
+        "task": n % 3 if task is None else task,
     }
 
 
@@ -134,14 +136,15 @@ def test_restore_drops_episodes_newer_than_the_checkpoint_on_disk_too(tmp_path: 
 # ---------------------------------------------------------------------------------- sampling
 @pytest.fixture(scope="module")
 def uneven(local_ray: None, tmp_path_factory: pytest.TempPathFactory) -> tuple:
-    """Shard 0 holds 3x the episodes of shard 1; returns (replay, episode -> (shard, length))."""
+    """Shard 0 holds 3x the episodes of shard 1, all of one task (the split by shard sizes);
+    returns (replay, episode -> (shard, length))."""
     replay = new_replay(tmp_path_factory.mktemp("uneven"))
     rng = np.random.default_rng(0)
     n0, n1 = 30, 10
     keys = keys_for(0, n0) + keys_for(1, n1, start=10_000)
     lengths = [*rng.integers(1, 30, size=n0).tolist(), *rng.integers(1, 12, size=n1).tolist()]
     lengths[0] = 29  # shard 0 serves windows up to 29 steps, shard 1 only up to 11
-    replay.add([make_episode(n, T) for n, T in enumerate(lengths)], keys=keys)
+    replay.add([make_episode(n, T, task=4) for n, T in enumerate(lengths)], keys=keys)
     where = {n: (shard_of(k, K), T) for n, (k, T) in enumerate(zip(keys, lengths))}
     return replay, where
 
@@ -181,7 +184,7 @@ def test_windows_stay_inside_one_episode(uneven: tuple) -> None:
     assert (t0 + H <= np.array([where[e][1] for e in ep])).all()
     assert (b["action"][:, :, 1] == t0 + k[:-1]).all()
     assert np.array_equal(b["reward"][..., 0], ep * 1000 + t0 + k[:-1])
-    assert np.array_equal(b["task"], ep % 3)
+    assert (b["task"] == 4).all() and (b["span"] == H).all()
 
 
 def test_sampling_is_proportional_to_shard_sizes(uneven: tuple) -> None:
@@ -269,3 +272,31 @@ def test_a_shard_without_long_enough_episodes_is_skipped(uneven: tuple) -> None:
         replay.sample(4, horizon=40)
     with pytest.raises(UserError, match="does not fit in a replay shard of 10000"):
         replay.add([make_episode(99, 10_001)])
+
+
+def test_tasks_are_balanced_across_shards(local_ray: None, tmp_path: Path) -> None:
+    """Issue #9, sharded: task 0 has 30 long episodes all in shard 0, task 1 six short ones in
+    both shards, task 2 one 5-step episode in shard 1: each task gets a third of the batch, and
+    within a task the shards split in proportion to their windows of it."""
+    replay = new_replay(tmp_path)
+    eps = [make_episode(n, 100, task=0) for n in range(30)]
+    keys = keys_for(0, 30)
+    eps += [make_episode(30 + n, 6 + n, task=1) for n in range(6)]  # windows 4..9 -> 39
+    keys += keys_for(0, 2, start=1000) + keys_for(1, 4, start=2000)  # shard 0: 4 + 5 = 9 of 39
+    eps.append(make_episode(36, 5, task=2))
+    keys += keys_for(1, 1, start=3000)
+    replay.add(eps, keys=keys)
+    n = 12_000
+    b = replay.sample(n)
+    share = np.bincount(b["task"], minlength=3) / n
+    print(f"task shares across 2 shards: {np.round(share, 4).tolist()}")
+    assert np.abs(share - 1 / 3).max() < 0.02  # ~5 sigma
+    ep = b["obs"][0, :, 0].astype(int)
+    assert np.array_equal(b["task"], np.select([ep < 30, ep < 36], [0, 1], 2))
+    one = ep[b["task"] == 1]
+    assert np.mean(one < 32) == pytest.approx(9 / 39, abs=0.03)  # shard 0's share of task 1
+    assert (b["obs"][0, :, 0] == b["obs"][-1, :, 0]).all()
+    longer = replay.sample(3000, horizon=6)  # task 2 has no 6-step window: two tasks remain
+    share = np.bincount(longer["task"], minlength=3) / 3000
+    assert share[2] == 0 and np.abs(share[:2] - 1 / 2).max() < 0.05
+    replay.close()
