@@ -34,7 +34,26 @@ def make_ldmpc_env(ctx: dict[str, Any]) -> gym.Env:
 
     ctx (RLlib's EnvContext) holds task, obs and seed. The runner's first `reset(seed=...)`
     re-seeds every sub-env (seed + i for sub-env i), see `LdmpcEnvRunner`.
+
+    Multitask (ctx holds `tasks`): a `MultitaskEnv` whose schedule starts at its global sub-env
+    index and strides by the run's number of sub-envs (round-robin over the task set). RLlib
+    builds a runner's sub-envs one after another from the same ctx object, so the count kept
+    in it is the sub-env index; remote runner w (1-based) owns indices (w-1)*num_envs + i.
     """
+    if ctx.get("tasks"):
+        from ldmpc.envs.multitask import MultitaskEnv
+
+        local = int(ctx.get("_sub_envs_made", 0))
+        ctx["_sub_envs_made"] = local + 1
+        runner = max(int(getattr(ctx, "worker_index", 0)) - 1, 0)
+        return MultitaskEnv(
+            list(ctx["tasks"]),
+            first=runner * int(ctx["num_envs"]) + local,
+            stride=int(ctx["num_sub_envs"]),
+            seed=int(ctx["seed"]),
+            obs_dim=int(ctx["obs_dim"]),
+            action_dim=int(ctx["action_dim"]),
+        )
     from ldmpc.envs import make_env
 
     return make_env(ctx["task"], seed=int(ctx["seed"]), obs=ctx.get("obs", "state"))
@@ -108,6 +127,7 @@ class FinishedEpisode:
     ret: float
     success: float
     weights_seq_no: int  # newest weights version that planned any step of it
+    task: int = 0  # index into cfg.tasks (multitask)
     step: int = 0  # env steps of the run when it was stored (set by the algorithm)
     episode: int = 0  # its number in the run (set by the algorithm)
 

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ldmpc.compile import maybe_compile
+from ldmpc.envs.multitask import split_task_obs
 from ldmpc.losses import Batch, RunningScale, total_loss
 from ldmpc.planner import plan, sample_noise
 from ldmpc.world_model import WorldModel
@@ -78,9 +79,13 @@ class Agent:
     ) -> tuple[torch.Tensor, AgentState]:
         """Actions [E, A] in [-1, 1] for observations [E, *obs_shape], and the new state.
 
-        `is_first` [E] bool marks envs whose episode just started (no warm start); without a
-        state every env counts as first. With mpc=false the policy prior acts (mean in eval).
+        Multitask: `task` [E] long, or None when the observations carry the task id in their
+        last slot (`ldmpc.envs.multitask`). `is_first` [E] bool marks envs whose episode just
+        started (no warm start); without a state every env counts as first. With mpc=false
+        the policy prior acts (mean in eval).
         """
+        if self.model.multitask and task is None:  # the env's trailing task-id slot
+            obs, task = split_task_obs(obs)
         obs = obs.to(self.device, torch.float32, non_blocking=True)
         E = obs.shape[0]
         if is_first is None:

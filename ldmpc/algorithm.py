@@ -57,6 +57,7 @@ from actors.env_runner import (
 from actors.planner_module import PlannerModule, module_config, to_batch_major
 from actors.ray_init import init_ray
 from actors.replay_shard import ShardedReplay
+from ldmpc.envs.multitask import multitask_episode
 from ldmpc.errors import UserError
 from ldmpc.replay import EpisodeReplay, replay_args
 from learner.tdmpc_learner import NONFINITE_STREAK, TdmpcLearner
@@ -101,6 +102,21 @@ class LdmpcConfig(AlgorithmConfig):
             raise ValueError("LdmpcConfig.ldmpc is empty: build it with rllib_config(cfg)")
 
 
+def env_config(cfg: DictConfig) -> dict[str, Any]:
+    """What the env creator (`actors.env_runner.make_ldmpc_env`) needs; multitask runs add the
+    task set, the padded sizes and the run's number of sub-envs (the round-robin stride)."""
+    out: dict[str, Any] = {"task": cfg.task, "obs": cfg.obs, "seed": cfg.seed}
+    if cfg.multitask:
+        out.update(
+            tasks=list(cfg.tasks),
+            obs_dim=int(cfg.obs_shape[0]),
+            action_dim=int(cfg.action_dim),
+            num_envs=int(cfg.num_envs),
+            num_sub_envs=max(int(cfg.num_env_runners), 1) * int(cfg.num_envs),
+        )
+    return out
+
+
 def rllib_config(cfg: DictConfig) -> LdmpcConfig:
     """Translate our derived config into RLlib's settings (local topology by default)."""
     from ldmpc.config import to_dict
@@ -111,7 +127,7 @@ def rllib_config(cfg: DictConfig) -> LdmpcConfig:
         LdmpcConfig()
         .environment(
             env=register_ldmpc_env(),
-            env_config={"task": cfg.task, "obs": cfg.obs, "seed": cfg.seed},
+            env_config=env_config(cfg),
             normalize_actions=False,  # actions are already in [-1, 1]
             clip_actions=True,
         )
@@ -292,9 +308,7 @@ class LdmpcAlgorithm(Algorithm):
         """Count the steps of sampled episode chunks; whole episodes go to replay."""
         new_steps = sum(len(c) for c in chunks)
         self.counters.env_steps += new_steps
-        finished = self.stitcher.add(chunks)
-        if finished:
-            self.replay.add([ep.data for ep in finished])  # one RPC per shard when sharded
+        finished = self._to_replay(self.stitcher.add(chunks))
         for ep in finished:
             ep.step = self.counters.env_steps
             self.finished.append(ep)
@@ -303,6 +317,17 @@ class LdmpcAlgorithm(Algorithm):
             self.counters.episodes += 1
             ep.episode = self.counters.episodes
         return new_steps
+
+    def _to_replay(self, episodes: list[FinishedEpisode]) -> list[FinishedEpisode]:
+        """Store whole episodes (one RPC per shard when sharded). Multitask: the task-id slot
+        leaves the observations first (`ldmpc.envs.multitask`)."""
+        if self.cfg.multitask:
+            for ep in episodes:
+                ep.data = multitask_episode(ep.data, list(self.cfg.action_dims))
+                ep.task = ep.data["task"]
+        if episodes:
+            self.replay.add([ep.data for ep in episodes])
+        return episodes
 
     def _aggregate_runner_metrics(self) -> None:
         """Runner metrics once per training_step, not per round (a reduce costs ~1 ms)."""
@@ -412,10 +437,7 @@ class LdmpcAlgorithm(Algorithm):
     def store_open_episodes(self) -> int:
         """At the end of a run: store the running episodes as truncated ones (nothing is lost;
         a resumed run starts fresh episodes). Not counted as finished episodes."""
-        open_episodes = self.stitcher.flush()
-        if open_episodes:
-            self.replay.add([ep.data for ep in open_episodes])
-        return len(open_episodes)
+        return len(self._to_replay(self.stitcher.flush()))
 
     def pop_finished(self) -> list[FinishedEpisode]:
         out, self.finished = self.finished, []
@@ -618,6 +640,7 @@ def _log_episodes(algo: LdmpcAlgorithm, log: Any, rate: Rate) -> None:
                 "steps_per_s": rate.steps_per_s(c.env_steps),
                 "updates": c.updates,
                 "updates_per_s": rate.updates_per_s(c.updates),
+                **({"task": algo.cfg.tasks[ep.task]} if algo.cfg.multitask else {}),
             },
         )
 

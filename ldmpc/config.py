@@ -86,6 +86,7 @@ class Config:
     utd_ratio: float = _f(1.0, "gradient updates per agent step after the seed phase")
     seed_steps: int = _f(0, "random-action steps first (0: max(1000, 5 x episode length))")
     exp_name: str = _f("default", "experiment name (part of the run directory)")
+    eval_task: str | None = _f(None, "multitask eval: only this task of the set (default all)")
     data_dir: str | None = _f(None, "offline dataset directory (multitask issue)")
     # planning
     mpc: bool = _f(True, "plan with MPPI (false: act with the policy prior)")
@@ -188,9 +189,13 @@ class Config:
     action_dim: int = _f(0, "action size", derived=True)
     discount: float = _f(0.0, "discount from the heuristic", derived=True)
     bin_size: float = _f(0.0, "two-hot bin width", derived=True)
-    metric: str = _f("", "eval metric: return | success", derived=True)
+    metric: str = _f("", "eval metric: return | success | score (multitask)", derived=True)
     multitask: bool = _f(False, "true for task sets", derived=True)
     tasks: list[str] = _f([], "tasks of the run", derived=True)
+    obs_dims: list[int] = _f([], "per-task observation sizes (multitask)", derived=True)
+    action_dims: list[int] = _f([], "per-task action sizes (multitask)", derived=True)
+    episode_lengths: list[int] = _f([], "per-task episode lengths", derived=True)
+    discounts: list[float] = _f([], "per-task discounts", derived=True)
     run_dir: str = _f("", "run directory", derived=True)
 
 
@@ -437,7 +442,12 @@ def validate(cfg: DictConfig) -> None:
         raise UserError("data_dir (offline training) is not implemented yet in this version")
     from ldmpc.tasks import resolve_tasks  # local: tasks imports nothing heavy, but keep order
 
-    resolve_tasks(cfg.task)
+    specs = resolve_tasks(cfg.task)
+    if len(specs) > 1 and cfg.obs != "state":
+        raise UserError(
+            f"obs={cfg.obs} with {len(specs)} tasks: multitask runs use obs=state "
+            "(observations are zero-padded to the largest task, as in TD-MPC2)"
+        )
 
 
 def _validate_diffusion(cfg: DictConfig) -> None:
@@ -509,8 +519,18 @@ def run_dir_of(cfg: DictConfig) -> str:
     return os.path.join(cfg.work_dir, cfg.task, str(cfg.seed), cfg.exp_name)
 
 
-def derive(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int) -> DictConfig:
-    """Fill every derived value in one place, then freeze the config."""
+def derive(
+    cfg: DictConfig,
+    obs_shape: tuple[int, ...],
+    action_dim: int,
+    dims: tuple[list[int], list[int]] | None = None,
+) -> DictConfig:
+    """Fill every derived value in one place, then freeze the config.
+
+    Multitask (a task set or list): `dims` = (obs dims, action dims) per task; the model's
+    obs_shape / action_dim are the largest (TD-MPC2 zero-pads to them), each task keeps its own
+    episode length and discount, and eval reports the normalized score (`metric=score`).
+    """
     from ldmpc.tasks import resolve_tasks
 
     specs = resolve_tasks(cfg.task)
@@ -518,8 +538,14 @@ def derive(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int) -> Dict
     cfg.tasks = [s.name for s in specs]
     cfg.multitask = len(specs) > 1
     cfg.episode_length = max(s.episode_length for s in specs)
+    cfg.episode_lengths = [s.episode_length for s in specs]
     cfg.action_repeat = specs[0].action_repeat
-    cfg.metric = specs[0].metric
+    cfg.metric = "score" if cfg.multitask else specs[0].metric
+    obs_dims, action_dims = dims if dims is not None else ([], [])
+    cfg.obs_dims = [int(d) for d in obs_dims] or [math.prod(obs_shape)] * len(specs)
+    cfg.action_dims = [int(d) for d in action_dims] or [int(action_dim)] * len(specs)
+    if max(cfg.obs_dims) > math.prod(obs_shape) or max(cfg.action_dims) > action_dim:
+        raise ValueError(f"per-task dims {dims} exceed obs_shape {obs_shape} / {action_dim}")
     cfg.obs_shape = list(obs_shape)
     cfg.window = cfg.horizon * max(cfg.scales)
     if cfg.window > cfg.episode_length:
@@ -528,9 +554,11 @@ def derive(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int) -> Dict
             f"{cfg.episode_length} of task={cfg.task}: no replay window would fit"
         )
     cfg.action_dim = int(action_dim)
-    cfg.discount = discount_heuristic(
-        cfg.episode_length, cfg.discount_denom, cfg.discount_min, cfg.discount_max
-    )
+    cfg.discounts = [
+        discount_heuristic(n, cfg.discount_denom, cfg.discount_min, cfg.discount_max)
+        for n in cfg.episode_lengths
+    ]
+    cfg.discount = max(cfg.discounts)  # the longest episodes' (single task: its own)
     cfg.bin_size = (cfg.vmax - cfg.vmin) / (cfg.num_bins - 1)
     if cfg.seed_steps == 0:
         cfg.seed_steps = max(1000, 5 * cfg.episode_length)
@@ -579,7 +607,14 @@ def load(overrides: list[str] | dict[str, Any] | None = None) -> DictConfig:
     from ldmpc.tasks import resolve_tasks
 
     cfg = parse(overrides)
-    env = make_env(resolve_tasks(cfg.task)[0].name, seed=cfg.seed, obs=cfg.obs)
+    specs = resolve_tasks(cfg.task)
+    if len(specs) > 1:
+        from ldmpc.envs.multitask import task_dims
+
+        obs_dims, action_dims = task_dims(tuple(s.name for s in specs))
+        dims = (list(obs_dims), list(action_dims))
+        return derive(cfg, (max(obs_dims),), max(action_dims), dims)
+    env = make_env(specs[0].name, seed=cfg.seed, obs=cfg.obs)
     try:
         obs_shape = tuple(env.observation_space.shape)
         action_dim = int(env.action_space.shape[0])

@@ -6,6 +6,7 @@ turns ten planning passes per step into one.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -29,11 +30,53 @@ def _frames(envs: Any) -> list[np.ndarray] | None:
         return None
 
 
+def eval_task_ids(cfg: DictConfig) -> list[int]:
+    """Indices (into cfg.tasks) of the tasks an evaluation covers: all, or `eval_task`."""
+    if cfg.eval_task is None:
+        return list(range(len(cfg.tasks)))
+    if cfg.eval_task not in cfg.tasks:
+        from ldmpc.errors import UserError, close_matches
+
+        raise UserError(
+            f"eval_task={cfg.eval_task} is not a task of task={cfg.task}"
+            f"{close_matches(cfg.eval_task, list(cfg.tasks))}"
+        )
+    return [list(cfg.tasks).index(cfg.eval_task)]
+
+
+def _eval_envs(cfg: DictConfig, episodes: int, seed: int) -> tuple[Any, np.ndarray]:
+    """The vector env of one evaluation and the task index of each sub-env: `episodes` sub-envs
+    per evaluated task (multitask: fixed-task `MultitaskEnv`s, padded like training's)."""
+    if not cfg.multitask:
+        return make_vector_env(cfg.task, episodes, seed, obs=cfg.obs), np.zeros(episodes, int)
+    from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+    from ldmpc.envs.multitask import MultitaskEnv
+
+    tasks = np.repeat(eval_task_ids(cfg), episodes)
+    fns = [
+        functools.partial(
+            MultitaskEnv, list(cfg.tasks), first=int(t), stride=0, seed=seed + i,
+            obs_dim=int(cfg.obs_shape[0]), action_dim=int(cfg.action_dim),
+        )
+        for i, t in enumerate(tasks)
+    ]  # fmt: skip
+    return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP), tasks
+
+
+def normalized_score(metric: str, ret: np.ndarray, success: np.ndarray) -> np.ndarray:
+    """TD-MPC2's multitask score in [0, 100]: success rate x 100 for success tasks, return / 10
+    for DMControl-style return tasks (1000 is the most an episode can earn)."""
+    return 100.0 * success if metric == "success" else ret / 10.0
+
+
 def evaluate(
     agent: Any, cfg: DictConfig, episodes: int, seed: int, video_dir: str | None = None
 ) -> dict[str, float]:
-    """Run `episodes` episodes in parallel with the planner in eval mode; mean/std of return."""
-    envs = make_vector_env(cfg.task, episodes, seed, obs=cfg.obs)
+    """Run `episodes` episodes (per task when multitask) in parallel with the planner in eval
+    mode; mean/std of return and success (multitask: also per task, and the normalized score)."""
+    envs, env_task = _eval_envs(cfg, episodes, seed)
+    episodes = len(env_task)
     obs, _ = envs.reset(seed=seed)
     device = agent.device
     returns = np.zeros(episodes)
@@ -63,11 +106,34 @@ def evaluate(
         envs.close()
     if video_dir is not None:
         _write_videos(videos, video_dir)
-    return {
+    result = {
         "episode_reward": float(returns.mean()),
         "episode_reward_std": float(returns.std()),
         "episode_success": float(success.mean()),
     }
+    if cfg.multitask:
+        result.update(_per_task(cfg, env_task, returns, success))
+    return result
+
+
+def _per_task(
+    cfg: DictConfig, env_task: np.ndarray, returns: np.ndarray, success: np.ndarray
+) -> dict[str, float]:
+    """reward/<task>, success/<task>, score/<task> of each evaluated task; the means over
+    tasks (every task weighs the same) as episode_reward, episode_success, episode_score."""
+    from ldmpc.tasks import get_task
+
+    out: dict[str, float] = {}
+    for t in np.unique(env_task):
+        name, sel = cfg.tasks[int(t)], env_task == t
+        out[f"reward/{name}"] = float(returns[sel].mean())
+        out[f"success/{name}"] = float(success[sel].mean())
+        score = normalized_score(get_task(name).metric, returns[sel], success[sel])
+        out[f"score/{name}"] = float(score.mean())
+    for key, prefix in (("episode_reward", "reward/"), ("episode_success", "success/"),
+                        ("episode_score", "score/")):  # fmt: skip
+        out[key] = float(np.mean([v for k, v in out.items() if k.startswith(prefix)]))
+    return out
 
 
 def _write_videos(videos: list[list[np.ndarray]], video_dir: str) -> None:
@@ -106,6 +172,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     video_dir = os.path.join(cfg.run_dir, "videos", "eval") if cfg.save_video else None
     result = evaluate(agent, cfg, cfg.eval_episodes, seed=eval_seed(cfg), video_dir=video_dir)
     step = ckpt["counters"].get("env_steps", "?")
+    if cfg.multitask:
+        print(format_task_table(cfg, result, step))
+        return result
     line = (
         f"{cfg.task}  step={step}  return={result['episode_reward']:.1f} ± "
         f"{result['episode_reward_std']:.1f} over {cfg.eval_episodes} episodes"
@@ -116,3 +185,23 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     if video_dir:
         print(f"videos: {video_dir}")
     return result
+
+
+def format_task_table(cfg: DictConfig, result: dict[str, float], step: Any) -> str:
+    """`ldmpc eval` of a multitask checkpoint: one row per evaluated task, then the mean."""
+    names = [cfg.tasks[t] for t in eval_task_ids(cfg)]
+    width = max(len("mean"), *(len(n) for n in names))
+    lines = [
+        f"{cfg.task}  step={step}  {cfg.eval_episodes} episodes per task",
+        f"{'task':<{width}}  {'return':>8}  {'success':>7}  {'score':>6}",
+    ]
+    for name in names:
+        lines.append(
+            f"{name:<{width}}  {result[f'reward/{name}']:8.1f}  "
+            f"{result[f'success/{name}']:7.2f}  {result[f'score/{name}']:6.1f}"
+        )
+    lines.append(
+        f"{'mean':<{width}}  {result['episode_reward']:8.1f}  "
+        f"{result['episode_success']:7.2f}  {result['episode_score']:6.1f}"
+    )
+    return "\n".join(lines)

@@ -28,6 +28,20 @@ TRAIN_FIELDS = [
     "updates_per_s",
 ]
 EVAL_FIELDS = ["step", "episode_reward", "episode_reward_std", "episode_success", "elapsed_s"]
+METRIC_KEYS = {"return": "episode_reward", "success": "episode_success", "score": "episode_score"}
+
+
+def eval_fields(cfg: DictConfig) -> list[str]:
+    """eval.csv columns; multitask runs add the mean score and reward/success/score per task."""
+    if not cfg.multitask:
+        return EVAL_FIELDS
+    per_task = [f"{kind}/{task}" for task in cfg.tasks for kind in ("reward", "success", "score")]
+    return [*EVAL_FIELDS, "episode_score", *per_task]
+
+
+def train_fields(cfg: DictConfig) -> list[str]:
+    """train.csv columns; multitask runs say which task each episode played."""
+    return [*TRAIN_FIELDS, "task"] if cfg.multitask else TRAIN_FIELDS
 
 
 def _read_rows(path: str) -> list[dict[str, str]]:
@@ -77,13 +91,17 @@ def plot_curve(eval_rows: list[dict[str, str]], path: str, title: str, metric: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    key = "episode_success" if metric == "success" else "episode_reward"
+    key = METRIC_KEYS[metric]
     steps = [float(r["step"]) for r in eval_rows]
     mean = [float(r[key] or "nan") for r in eval_rows]
     std = [
-        float(r.get("episode_reward_std") or 0.0) if metric != "success" else 0.0 for r in eval_rows
+        float(r.get("episode_reward_std") or 0.0) if metric == "return" else 0.0 for r in eval_rows
     ]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    per_task = sorted(k for k in (eval_rows[0] if eval_rows else {}) if k.startswith("score/"))
+    for col in per_task:  # multitask: each task's score, thin, under the mean
+        values = [float(r.get(col) or "nan") for r in eval_rows]
+        ax.plot(steps, values, lw=0.8, alpha=0.5, label=col[6:] if len(per_task) <= 10 else None)
     ax.plot(steps, mean, marker="o", color="tab:blue", label="ldmpc")
     ax.fill_between(
         steps,
@@ -93,8 +111,11 @@ def plot_curve(eval_rows: list[dict[str, str]], path: str, title: str, metric: s
         alpha=0.2,
     )
     ax.set_xlabel("agent steps")
-    ax.set_ylabel("success rate" if metric == "success" else "episode return")
+    ylabels = {"success": "success rate", "return": "episode return", "score": "mean score"}
+    ax.set_ylabel(ylabels[metric])
     ax.set_title(title)
+    if 1 < len(per_task) <= 10:
+        ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -109,8 +130,8 @@ class RunLogger:
     def __init__(self, cfg: DictConfig, start_step: int = 0, resumed: bool = False) -> None:
         self.cfg = cfg
         os.makedirs(cfg.run_dir, exist_ok=True)
-        self.train_csv = CsvLog(os.path.join(cfg.run_dir, "train.csv"), TRAIN_FIELDS)
-        self.eval_csv = CsvLog(os.path.join(cfg.run_dir, "eval.csv"), EVAL_FIELDS)
+        self.train_csv = CsvLog(os.path.join(cfg.run_dir, "train.csv"), train_fields(cfg))
+        self.eval_csv = CsvLog(os.path.join(cfg.run_dir, "eval.csv"), eval_fields(cfg))
         self.curve_path = os.path.join(cfg.run_dir, "curve.png")
         if resumed:
             self.train_csv.truncate_after(start_step)
@@ -146,8 +167,7 @@ class RunLogger:
             self._wandb.log({f"train/{k}": v for k, v in metrics.items()}, step=step)
 
     def log_eval(self, step: int, metrics: dict[str, Any]) -> None:
-        key = "episode_success" if self.cfg.metric == "success" else "episode_reward"
-        self.last_eval = metrics.get(key)
+        self.last_eval = metrics.get(METRIC_KEYS[self.cfg.metric])
         row = {"step": step, "elapsed_s": self.elapsed, **metrics}
         if self.cfg.save_csv:
             self.eval_csv.append(row)
@@ -158,7 +178,8 @@ class RunLogger:
         self.write(
             f"eval  step={step:>9,d}  return={metrics.get('episode_reward', math.nan):8.1f}"
             f" ± {std:6.1f}  success={metrics.get('episode_success', 0.0):.2f}"
-            f"  elapsed={self.elapsed / 60:6.1f} min"
+            + (f"  score={metrics['episode_score']:5.1f}" if "episode_score" in metrics else "")
+            + f"  elapsed={self.elapsed / 60:6.1f} min"
         )
 
     def progress(self, step: int, **fields: float) -> None:

@@ -7,7 +7,8 @@ turns the checked `SweepSpec` into Ray Tune objects.
 Format (YAML; every key but `search` and `base` is optional):
 
     metric: eval/episode_reward   # a reported value: eval/episode_reward, eval/episode_success,
-                                  #   eval/episode_reward_std, step, updates, episodes
+                                  #   eval/episode_reward_std, eval/episode_score (multitask),
+                                  #   step, updates, episodes
     mode: max                     # max | min
     num_samples: 8                # trials (with grid: repeats of the whole grid)
     max_concurrent_trials: 2      # default: as many as the CPUs allow
@@ -44,7 +45,8 @@ import yaml
 
 from ldmpc.errors import UserError, close_matches
 
-EVAL_KEYS = ("episode_reward", "episode_reward_std", "episode_success")  # evaluate()'s result
+# evaluate()'s result (episode_score: multitask runs' mean normalized score)
+EVAL_KEYS = ("episode_reward", "episode_reward_std", "episode_success", "episode_score")
 REPORTED = ("step", "updates", "episodes", *(f"eval/{k}" for k in EVAL_KEYS))
 TIME_ATTRS = ("step", "training_iteration", "time_total_s")
 TOP_KEYS = (

@@ -19,6 +19,7 @@ def _cfg(tmp_path) -> object:
             "enable_wandb": False,
             "save_csv": True,
             "metric": "return",
+            "multitask": False,
         }
     )
 
