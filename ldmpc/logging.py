@@ -133,10 +133,13 @@ class RunLogger:
         self.train_csv = CsvLog(os.path.join(cfg.run_dir, "train.csv"), train_fields(cfg))
         self.eval_csv = CsvLog(os.path.join(cfg.run_dir, "eval.csv"), eval_fields(cfg))
         self.curve_path = os.path.join(cfg.run_dir, "curve.png")
+        self.start_time = time.time()
         if resumed:
             self.train_csv.truncate_after(start_step)
             self.eval_csv.truncate_after(start_step)
-        self.start_time = time.time()
+            # elapsed_s continues across resumes (wall-time comparisons read it)
+            rows = self.train_csv.rows() + self.eval_csv.rows()
+            self.start_time -= max((float(r.get("elapsed_s") or 0) for r in rows), default=0.0)
         self.last_eval: float | None = None
         self.last_train: float | None = None
         self._bar = None

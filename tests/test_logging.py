@@ -50,3 +50,30 @@ def test_resume_cuts_rows_after_checkpoint_step(tmp_path) -> None:
     resumed.log_eval(30, {"episode_reward": 5.0})
     assert [int(r["step"]) for r in resumed.eval_csv.rows()] == [10, 20, 30]
     assert [int(r["step"]) for r in resumed.train_csv.rows()] == [10, 20]
+
+
+def test_elapsed_time_continues_after_resume(tmp_path) -> None:
+    cfg = _cfg(tmp_path)
+    log = RunLogger(cfg)
+    log.start_time -= 100.0  # as if the first process ran for 100 s
+    log.log_eval(10, {"episode_reward": 1.0})
+    log.close()
+    resumed = RunLogger(cfg, start_step=10, resumed=True)
+    assert resumed.elapsed >= 100.0
+    resumed.log_eval(20, {"episode_reward": 1.0})
+    assert float(resumed.eval_csv.rows()[-1]["elapsed_s"]) >= 100.0
+
+
+def test_multitask_columns_and_curve(tmp_path) -> None:
+    cfg = OmegaConf.merge(
+        _cfg(tmp_path), {"multitask": True, "metric": "score", "tasks": ["a-b", "c-d"]}
+    )
+    log = RunLogger(cfg)
+    for step in (10, 20):
+        log.log_eval(step, {"episode_reward": 1.0, "episode_score": 3.0, "score/a-b": 2.0,
+                            "score/c-d": 4.0})  # fmt: skip
+    log.log_train(10, {"episode_reward": 1.0, "task": "c-d"})
+    assert log.last_eval == 3.0
+    assert float(log.eval_csv.rows()[-1]["score/c-d"]) == 4.0
+    assert log.train_csv.rows()[-1]["task"] == "c-d"
+    assert os.path.getsize(os.path.join(cfg.run_dir, "curve.png")) > 0
