@@ -155,3 +155,22 @@ def test_eval_task_must_belong_to_the_set(cfg: object) -> None:
     bad = config.load([f"task={TASKS}", *TINY, "eval_task=walker-wlk"])
     with pytest.raises(UserError, match="walker-walk"):
         eval_task_ids(bad)
+
+
+def test_env_creator_spreads_runner_sub_envs_over_the_task_set(cfg: object) -> None:
+    """Remote runner w (1-based) with n sub-envs plays tasks (w-1)*n + i first, stride = all
+    sub-envs of the run: two runners x 2 envs over 3 tasks cover every task."""
+    from ray.rllib.env.env_context import EnvContext
+
+    from actors.env_runner import make_ldmpc_env
+    from ldmpc.algorithm import env_config
+
+    two_by_two = config.load([f"task={TASKS}", *TINY, "num_env_runners=2", "num_envs=2"])
+    firsts = []
+    for worker in (1, 2):
+        ctx = EnvContext(env_config(two_by_two), worker_index=worker, num_workers=2)
+        envs = [make_ldmpc_env(ctx) for _ in range(2)]
+        firsts += [env.task_index for env in envs]
+        assert all(env._stride == 4 for env in envs)
+        assert envs[0].observation_space.shape == (two_by_two.obs_shape[0] + 1,)
+    assert firsts == [0, 1, 2, 0]  # (first % 3): global sub-env indices 0..3
