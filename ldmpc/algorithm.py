@@ -220,8 +220,7 @@ class LdmpcAlgorithm(Algorithm):
         while True:
             can_sample = self.counters.env_steps < self.sample_until
             self._round(can_sample)
-            stuck = self.counters.owed_updates < 1 or self.replay.num_episodes == 0
-            finished = not can_sample and stuck
+            finished = not can_sample and not self.can_learn
             if finished or time.perf_counter() >= deadline:
                 break
         self._aggregate_runner_metrics()
@@ -231,7 +230,7 @@ class LdmpcAlgorithm(Algorithm):
         if self.cfg.async_learning:
             self._round_async(can_sample)
             return
-        if can_sample and (self.counters.owed_updates < 1 or self.replay.num_episodes == 0):
+        if can_sample and not self.can_learn:
             self._owe(self._collect())
         self._pay_owed()
 
@@ -250,16 +249,20 @@ class LdmpcAlgorithm(Algorithm):
         """
         self._fetch_samples(0.0)
         self._request_samples(can_sample)  # at once: a runner never idles while we learn
-        if self.counters.owed_updates < 1 or self.replay.num_episodes == 0:
+        if not self.can_learn:
             self._fetch_samples(ASYNC_WAIT_S)  # nothing to learn yet: wait for data instead
             self._request_samples(can_sample)
         self._pay_owed()
 
+    @property
+    def can_learn(self) -> bool:
+        """An update is owed and replay holds a whole episode to sample it from."""
+        return self.counters.owed_updates >= 1 and self.replay.num_episodes > 0
+
     def _pay_owed(self) -> None:
         """Up to `max_updates_per_round` owed updates, then the weights when `sync_every` is due."""
-        n = min(int(self.counters.owed_updates), self.config.max_updates_per_round)
-        if n and self.replay.num_episodes > 0:
-            self._learn(n)
+        if self.can_learn:
+            self._learn(min(int(self.counters.owed_updates), self.config.max_updates_per_round))
             if self._weights_version - self._synced_version >= self.cfg.sync_every:
                 self._sync_weights()
 
@@ -563,8 +566,7 @@ def _train(algo: LdmpcAlgorithm, cfg: DictConfig, on_eval: EvalHook | None) -> d
         with GracefulExit() as stop:
             while True:
                 step = algo.counters.env_steps
-                owed = algo.counters.owed_updates >= 1 and algo.replay.num_episodes > 0
-                if owed and step >= algo.sample_until and not stop.requested:
+                if algo.can_learn and step >= algo.sample_until and not stop.requested:
                     algo.train()  # pay the updates owed (e.g. the seed catch-up) before an
                     continue  # eval, a checkpoint or the end, as TD-MPC2 does
                 if not stop.requested and evals.due(step):

@@ -307,7 +307,9 @@ def _csv_rows(run_dir: str, name: str) -> list[str]:
         return fh.read().splitlines()[1:]
 
 
-def test_multitask_run_trains_checkpoints_and_resumes(local_ray: None, tmp_path: Any) -> None:
+def test_multitask_run_trains_checkpoints_and_resumes(
+    local_ray: None, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Three tasks online (episodes cut to 50): one sub-env per task, every task in replay with
     zero-padded observations and actions, finite weights, per-task eval, and a resume that
     loads the multitask checkpoint and continues."""
@@ -341,6 +343,15 @@ def test_multitask_run_trains_checkpoints_and_resumes(local_ray: None, tmp_path:
     assert all(torch.isfinite(p).all() for p in agent.model.parameters())
     header = _csv_header(cfg.run_dir, "eval.csv")
     assert "episode_score" in header and "score/walker-walk" in header
+    # `ldmpc eval` of the multitask checkpoint, one named task: a table row for it and the mean
+    from ldmpc.evaluate import evaluate_checkpoint
+
+    one = tiny_cfg(tmp_path, *args, f"checkpoint={latest_checkpoint(cfg.run_dir)}",
+                   "eval_task=walker-walk")  # fmt: skip
+    result = evaluate_checkpoint(one)
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in table[-2:]] == ["walker-walk", "mean"]
+    assert result["episode_score"] == result["score/walker-walk"]
 
 
 def _csv_header(run_dir: str, name: str) -> list[str]:
