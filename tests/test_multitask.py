@@ -174,3 +174,28 @@ def test_env_creator_spreads_runner_sub_envs_over_the_task_set(cfg: object) -> N
         assert all(env._stride == 4 for env in envs)
         assert envs[0].observation_space.shape == (two_by_two.obs_shape[0] + 1,)
     assert firsts == [0, 1, 2, 0]  # (first % 3): global sub-env indices 0..3
+
+
+@pytest.mark.parametrize("switches", [[], ["dynamics=diffusion", "proposal=both"]])
+def test_multitask_update_and_plan_with_each_dynamics(switches: list[str]) -> None:
+    """Task-conditioned updates (baseline and both diffusion parts) are finite and planning keeps
+    padded dims at zero with diffusion proposals in the candidate pool."""
+    cfg = config.load([f"task={TASKS}", *TINY, *switches, "num_diffusion_proposals=4"])
+    agent = Agent(cfg)
+    B, H = 8, cfg.window
+    g = torch.Generator().manual_seed(0)
+    task = torch.arange(B) % 3
+    mask = agent.model._action_masks[task]  # [B, A]
+    batch = {
+        "obs": torch.randn(H + 1, B, cfg.obs_shape[0], generator=g),
+        "action": (torch.rand(H, B, cfg.action_dim, generator=g) * 2 - 1) * mask,
+        "reward": torch.rand(H, B, 1, generator=g),
+        "terminated": torch.zeros(H, B, 1),
+        "task": task,
+    }
+    for _ in range(3):
+        metrics = agent.update(batch)
+    assert all(np.isfinite(v) for v in metrics.values())
+    obs = torch.cat([batch["obs"][0, :3], torch.arange(3.0).unsqueeze(1)], dim=1)
+    action, _ = agent.act(obs, None)
+    assert torch.all(action[agent.model._action_masks[torch.arange(3)] == 0] == 0)
