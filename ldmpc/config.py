@@ -439,7 +439,11 @@ def validate(cfg: DictConfig) -> None:
             "(with num_env_runners=0 acting runs in the driver, between updates)"
         )
     if cfg.data_dir is not None:
-        raise UserError("data_dir (offline training) is not implemented yet in this version")
+        from ldmpc.datasets import find_dataset  # exists, holds a dataset (read at train time)
+
+        find_dataset(cfg.data_dir)
+        for key in ("num_env_runners", "num_learners", "replay_shards"):
+            _check(cfg[key] == 0, key, cfg[key], "must be 0 with data_dir= (offline, in-process)")
     from ldmpc.tasks import resolve_tasks  # local: tasks imports nothing heavy, but keep order
 
     specs = resolve_tasks(cfg.task)

@@ -1,0 +1,582 @@
+"""Offline datasets: TD-MPC2's episode files and ldmpc's Arrow datasets, read, checked against a
+run, and converted (`ldmpc data convert`).
+
+Formats (facts from TD-MPC2's `trainer/offline_trainer.py`, `common/buffer.py`, its multitask
+env wrapper and its issue tracker; no code of theirs is used):
+- TD-MPC2: a directory of `*.pt` files, each a `torch.save`d TensorDict of batch shape
+  [episodes N, L+1]: obs [N, L+1, D], action [N, L+1, A], reward [N, L+1], task [N, L+1] (int;
+  constant within an episode) and, in newer files, terminated [N, L+1]. Step 0 holds the first
+  observation only: its action and reward are fillers (NaN since Dec 2023, arbitrary before), so
+  action[t+1] and reward[t+1] belong to the step obs[t] -> obs[t+1]. All episodes of a file have
+  one length (L+1 = 501 in their mt30 data, 101 in mt80). Observations are zero-padded to the
+  widest task of the set and actions padded to its largest action (mt30: 24 and 6). Task ids
+  index TD-MPC2's mt80 list, whose first 30 entries are mt30 in the same order (maintainer's
+  answer in tdmpc2 issue #65), so one table serves both.
+- ldmpc: a directory written by `EpisodeReplay.save` (Arrow chunks + manifest.json) plus
+  `tasks.json`, the task names its episodes' task ids index. Without tasks.json (e.g. a run's
+  own replay folder) the ids index the training run's `cfg.tasks`.
+
+Fitting episodes to a run: task names become indices into cfg.tasks (episodes of other tasks are
+dropped and counted); observation columns beyond the task's own width must be zero (padding) and
+are cut; action columns beyond it are cut (the env never sees them: TD-MPC2 crops them too); both
+are then zero-padded to the run's widths (multitask runs). Anything else is one line naming the
+file and both shapes. Loading never runs code from a file: torch.load(weights_only=True); a
+TensorDict file is allowed only its own package's classes, and only when that package is there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ldmpc.errors import UserError
+from ldmpc.tasks import TASK_SETS
+
+TDMPC2_TASKS: list[str] = TASK_SETS["mt80"]  # what TD-MPC2's task ids index (mt30 = first 30)
+TASKS_FILE = "tasks.json"
+MANIFEST = "manifest.json"  # written last by EpisodeReplay.save: its presence marks a dataset
+REQUIRED = ("obs", "action", "reward")
+_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError)
+
+
+# ------------------------------------------------------------------------------ finding
+@dataclass(frozen=True)
+class Source:
+    """A dataset found on disk (nothing read yet): its kind and files."""
+
+    path: Path
+    kind: str  # "tdmpc2" | "arrow"
+    files: tuple[Path, ...]
+
+
+def find_dataset(path: str | os.PathLike[str], key: str = "data_dir") -> Source:
+    """Where the dataset is and which format; cheap (config validation calls it).
+
+    A directory with manifest.json is an ldmpc Arrow dataset; else its `*.pt` files are TD-MPC2
+    episode files; a single `.pt` file is one TD-MPC2 file.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"{key}={path}: no such file or directory")
+    if p.is_file():
+        if p.suffix != ".pt":
+            raise UserError(f"{key}={path}: expected a directory or a TD-MPC2 .pt episode file")
+        return Source(p, "tdmpc2", (p,))
+    if (p / MANIFEST).is_file():
+        return Source(p, "arrow", (p / MANIFEST,))
+    files = tuple(sorted(f for f in p.glob("*.pt") if f.is_file()))
+    if files:
+        return Source(p, "tdmpc2", files)
+    raise UserError(
+        f"{key}={path}: no dataset there (expected TD-MPC2 *.pt episode files or an ldmpc "
+        f"Arrow dataset with {MANIFEST}; see `ldmpc data convert`)"
+    )
+
+
+# ------------------------------------------------------------------------------ reading
+@dataclass
+class Block:
+    """Episodes of one length: obs [N, T+1, *obs], action [N, T, A], reward [N, T],
+    terminated [N, T] bool, task_ids [N] (None: unknown) indexing `names` (None: the run's)."""
+
+    obs: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    terminated: np.ndarray
+    task_ids: np.ndarray | None
+    names: list[str] | None
+    origin: str
+
+    def __len__(self) -> int:
+        return len(self.reward)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(e).__name__).split(". This is an internal")[0]
+
+
+def _allowed_globals(names: list[str], path: Path) -> list[Any]:
+    """The classes a TensorDict file may name: tensordict's own, and only if it is installed."""
+    foreign = [g for g in names if not g.startswith("tensordict.")]
+    if foreign:
+        raise UserError(
+            f"{path} holds objects that safe loading refuses ({foreign[0]}); ldmpc reads .pt "
+            "files holding a dict of tensors or a TensorDict"
+        )
+    if names and importlib.util.find_spec("tensordict") is None:
+        raise UserError(
+            f"{path} holds a TensorDict: reading it needs the `tensordict` package (pip install "
+            "tensordict), which ldmpc does not install; or, where it is installed, re-save the "
+            "file as plain tensors with torch.save(td.to_dict(), path)"
+        )
+    out = []
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        try:
+            out.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError):
+            raise UserError(f"{path} names {name}, which the installed tensordict lacks") from None
+    return out
+
+
+def _torch_load(path: Path) -> Any:
+    """torch.load(weights_only=True), memory-mapped where the file format allows (a TD-MPC2
+    chunk is ~10 GB: only the episodes kept are copied into RAM)."""
+    import torch
+
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is empty")
+    mmap = zipfile.is_zipfile(path)
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path) if mmap else []
+    except _LOAD_ERRORS as e:
+        raise UserError(f"{path} is corrupt or truncated: {_first_line(e)}") from None
+    allowed = _allowed_globals(unsafe, path)
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if "Unsupported global: GLOBAL " in text:  # legacy format: no scan before loading
+            name = text.split("Unsupported global: GLOBAL ")[1].split()[0]
+            _allowed_globals([name], path)  # raises the matching one-line error
+            raise UserError(f"{path} holds a TensorDict in torch's legacy format; re-save it "
+                            "with a current torch") from None  # fmt: skip
+        raise UserError(f"{path} is corrupt or truncated: {_first_line(e)}") from None
+    except _LOAD_ERRORS as e:
+        raise UserError(f"{path} is corrupt or truncated: {_first_line(e)}") from None
+
+
+def _fields(obj: Any, path: Path) -> dict[str, np.ndarray]:
+    """obs/action/reward (+ task, terminated) of a dict or TensorDict as numpy arrays."""
+    import torch
+
+    if not hasattr(obj, "keys"):
+        raise UserError(
+            f"{path} holds a {type(obj).__name__}; expected a dict or TensorDict with keys "
+            "obs, action, reward (and optionally task, terminated)"
+        )
+    keys = set(obj.keys())
+    missing = [k for k in REQUIRED if k not in keys]
+    if missing:
+        raise UserError(f"{path} lacks '{missing[0]}' (has: {', '.join(sorted(map(str, keys)))})")
+    out = {}
+    for key in (*REQUIRED, "task", "terminated"):
+        if key not in keys:
+            continue
+        value = obj[key]
+        if not isinstance(value, torch.Tensor):
+            raise UserError(
+                f"{path}: '{key}' is a {type(value).__name__}, expected a tensor "
+                "(dict observations are not supported)"
+            )
+        out[key] = value.numpy()
+    return out
+
+
+def read_tdmpc2_file(path: Path) -> Block:
+    """One TD-MPC2 episode file as a Block: shapes checked, step-0 fillers dropped, task ids
+    (mt80 indices) taken from step 0. Arrays stay memory-mapped until used."""
+    f = _fields(_torch_load(path), path)
+    if f["reward"].ndim == 1:  # one episode saved alone: [L+1, ...]
+        f = {k: v[None] for k, v in f.items()}
+    reward, obs, action = f["reward"], f["obs"], f["action"]
+    if reward.ndim != 2 or reward.shape[1] < 2:
+        raise UserError(f"{path}: reward {list(reward.shape)} must be [episodes, L+1] with L >= 1")
+    lead = list(reward.shape)
+    n, steps = lead
+    if obs.ndim < 3 or list(obs.shape[:2]) != lead:
+        raise UserError(f"{path}: obs {list(obs.shape)} must be [{n}, {steps}, obs_dim]")
+    if action.ndim != 3 or list(action.shape[:2]) != lead:
+        raise UserError(f"{path}: action {list(action.shape)} must be [{n}, {steps}, action_dim]")
+    for key in ("task", "terminated"):
+        if key in f and list(f[key].shape) != lead:
+            raise UserError(f"{path}: {key} {list(f[key].shape)} must be {lead}")
+    task_ids = None
+    if "task" in f:
+        task = f["task"]
+        if not np.array_equal(task, np.broadcast_to(task[:, :1], task.shape)):
+            raise UserError(f"{path}: the task id changes within an episode")
+        task_ids = np.asarray(task[:, 0], np.int64)
+        bad = task_ids[(task_ids < 0) | (task_ids >= len(TDMPC2_TASKS))]
+        if len(bad):
+            raise UserError(
+                f"{path}: task id {int(bad[0])} is outside TD-MPC2's {len(TDMPC2_TASKS)}-task list"
+            )
+    term = f.get("terminated")
+    terminated = np.zeros(reward[:, 1:].shape, bool)
+    if term is not None:
+        terminated = np.nan_to_num(np.asarray(term[:, 1:], np.float32)) != 0
+    return Block(
+        obs=obs,
+        action=action[:, 1:],
+        reward=reward[:, 1:],
+        terminated=terminated,
+        task_ids=task_ids,
+        names=TDMPC2_TASKS if task_ids is not None else None,
+        origin=str(path),
+    )
+
+
+def _check_finite(block: Block) -> None:
+    for key in ("obs", "action", "reward"):
+        arr = getattr(block, key)
+        if arr.dtype.kind == "f":
+            bad = ~np.isfinite(arr).reshape(len(block), -1).all(axis=1)
+            if bad.any():
+                raise UserError(
+                    f"{block.origin}: {key} of episode {int(np.argmax(bad))} holds NaN or inf "
+                    "(beyond TD-MPC2's step-0 fillers)"
+                )
+
+
+@dataclass
+class Dataset:
+    """An opened dataset: its blocks (memory-mapped TD-MPC2 files, or one block per episode of
+    an Arrow dataset) and an upper bound of its transitions (the replay capacity it needs)."""
+
+    source: Source
+    transitions: int
+    obs_shape: tuple[int, ...]
+    action_dim: int
+    obs_dtype: np.dtype
+    _blocks: list[Block] = field(default_factory=list)
+    _replay: Any = None  # Arrow: the dataset loaded into an EpisodeReplay
+    _names: list[str] | None = None
+
+    def blocks(self) -> Iterator[Block]:
+        """Blocks with finite values (checked as they are read)."""
+        if self._replay is None:
+            for block in self._blocks:
+                _check_finite(block)
+                yield block
+            return
+        for ep in self._replay.episodes():  # one copy at a time
+            yield Block(
+                obs=ep["obs"][None],
+                action=ep["action"][None],
+                reward=ep["reward"][None],
+                terminated=ep["terminated"][None],
+                task_ids=np.array([ep["task"]]),
+                names=self._names,
+                origin=f"{self.source.path} (episode id {ep['id']})",
+            )
+
+    def task_names(self) -> list[str] | None:
+        """Names of the tasks present, in the order of the list the ids index (None: unknown)."""
+        if self._replay is not None:
+            return self._names
+        if any(b.task_ids is None for b in self._blocks):
+            return None
+        present = set(np.concatenate([b.task_ids for b in self._blocks]).tolist())
+        return [name for i, name in enumerate(TDMPC2_TASKS) if i in present]
+
+
+def open_dataset(path: str | os.PathLike[str], key: str = "data_dir") -> Dataset:
+    """Find and open a dataset; every problem is one line naming the file."""
+    source = find_dataset(path, key)
+    if source.kind == "arrow":
+        return _open_arrow(source)
+    blocks = [read_tdmpc2_file(f) for f in source.files]
+    shapes = {(b.obs.shape[2:], b.action.shape[2], b.obs.dtype.str) for b in blocks}
+    if len(shapes) > 1:
+        raise UserError(f"{key}={path}: its files disagree on obs/action shapes: {sorted(shapes)}")
+    obs_shape, action_dim, dtype = shapes.pop()
+    total = sum(b.reward.size for b in blocks)
+    return Dataset(source, total, tuple(obs_shape), int(action_dim), np.dtype(dtype), blocks)
+
+
+def _open_arrow(source: Source) -> Dataset:
+    from ldmpc.replay import EpisodeReplay
+
+    try:
+        m = json.loads((source.path / MANIFEST).read_text())
+        obs_shape = tuple(int(d) for d in m["obs_shape"])
+        action_dim, transitions = int(m["action_dim"]), int(m["num_transitions"])
+        dtype = np.dtype(m["obs_dtype"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{source.path / MANIFEST} is corrupt: {type(e).__name__}: {e}") from None
+    names = _read_task_names(source.path)
+    replay = EpisodeReplay(
+        capacity=max(1, transitions),
+        horizon=1,
+        obs_shape=obs_shape,
+        action_dim=max(1, action_dim),
+        obs_dtype=dtype,
+    )
+    replay.load(source.path)
+    return Dataset(source, transitions, obs_shape, action_dim, dtype, _replay=replay, _names=names)
+
+
+def _read_task_names(path: Path) -> list[str] | None:
+    file = path / TASKS_FILE
+    if not file.is_file():
+        return None
+    try:
+        names = json.loads(file.read_text())
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("expected a list of task names")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{file} is corrupt: {type(e).__name__}: {e}") from None
+    return names
+
+
+# ------------------------------------------------------------------------------ fitting
+@dataclass(frozen=True)
+class Target:
+    """What episodes must become: task list (None: keep the dataset's ids), the padded shapes,
+    and each task's own observation and action widths (before padding)."""
+
+    tasks: list[str] | None
+    obs_shape: tuple[int, ...]
+    action_dim: int
+    obs_widths: tuple[int, ...]
+    action_widths: tuple[int, ...]
+    obs_dtype: np.dtype
+
+    def describe(self, k: int) -> str:
+        name = f"task={self.tasks[k]}" if self.tasks else "the target"
+        obs = [self.obs_widths[k]] if len(self.obs_shape) == 1 else list(self.obs_shape)
+        return f"{name} has obs_shape {obs} action_dim {self.action_widths[k]}"
+
+
+def run_target(cfg: Any) -> Target:
+    """A run's target: cfg.tasks, cfg.obs_shape/action_dim (the padded widths), and each task's
+    own widths (`obs_dims`, `action_dims`; the config's, where it has them)."""
+    n = len(cfg.tasks)
+    obs_dims, action_dims = cfg.get("obs_dims"), cfg.get("action_dims")
+    return Target(
+        tasks=list(cfg.tasks),
+        obs_shape=tuple(cfg.obs_shape),
+        action_dim=int(cfg.action_dim),
+        obs_widths=tuple(int(d) for d in obs_dims) if obs_dims else (cfg.obs_shape[0],) * n,
+        action_widths=tuple(int(a) for a in action_dims) if action_dims else (cfg.action_dim,) * n,
+        obs_dtype=np.dtype(np.uint8 if cfg.obs == "rgb" else np.float32),
+    )
+
+
+def own_target(ds: Dataset) -> Target:
+    """Keep a dataset's shapes; task ids become indices into the names present (if known)."""
+    names = ds.task_names()
+    n = max(1, len(names or []))
+    return Target(
+        tasks=names,
+        obs_shape=ds.obs_shape,
+        action_dim=ds.action_dim,
+        obs_widths=(ds.obs_shape[0],) * n,
+        action_widths=(ds.action_dim,) * n,
+        obs_dtype=np.dtype(np.float32) if ds.obs_dtype.kind == "f" else ds.obs_dtype,
+    )
+
+
+def _task_index(block: Block, target: Target) -> np.ndarray:
+    """Each episode's index into target.tasks, -1 for tasks the target does not train."""
+    n = len(block)
+    if block.task_ids is None:
+        if target.tasks is not None and len(target.tasks) > 1:
+            raise UserError(
+                f"{block.origin} has no task ids; a run of {len(target.tasks)} tasks needs them"
+            )
+        return np.zeros(n, np.int64)
+    if block.names is None or target.tasks is None:  # ids index the target's list already
+        limit = len(target.tasks) if target.tasks is not None else None
+        if limit is not None and block.task_ids.max() >= limit:
+            raise UserError(
+                f"{block.origin}: task id {int(block.task_ids.max())} is beyond this run's "
+                f"{limit} task(s) (add a {TASKS_FILE} naming the dataset's tasks)"
+            )
+        return block.task_ids
+    lookup = {name: k for k, name in enumerate(target.tasks)}
+    return np.array([lookup.get(block.names[i], -1) for i in block.task_ids], np.int64)
+
+
+def _fit(block: Block, i: int, k: int, target: Target) -> tuple[np.ndarray, np.ndarray]:
+    """Episode i's obs and actions cut to task k's own widths, then padded to the target's."""
+    obs, action = block.obs[i], block.action[i]
+    have = (
+        f"{block.origin} holds obs_shape {list(obs.shape[1:])} action_dim {action.shape[1]}; "
+        f"{target.describe(k)}"
+    )
+    if len(target.obs_shape) != 1 or obs.ndim != 2:  # pixels: exact shapes only
+        if obs.shape[1:] != target.obs_shape or action.shape[1] != target.action_dim:
+            raise UserError(have)
+        return obs, action
+    w, aw = target.obs_widths[k], target.action_widths[k]
+    if obs.shape[1] < w or action.shape[1] < aw:
+        raise UserError(have)
+    if obs.shape[1] > w and np.any(obs[:, w:]):
+        raise UserError(f"{have} (columns beyond {w} are not zero padding)")
+    obs, action = obs[:, :w], action[:, :aw]
+    if w < target.obs_shape[0]:
+        obs = np.pad(obs, ((0, 0), (0, target.obs_shape[0] - w)))
+    if aw < target.action_dim:
+        action = np.pad(action, ((0, 0), (0, target.action_dim - aw)))
+    return obs, action
+
+
+@dataclass
+class FillStats:
+    episodes: int = 0
+    transitions: int = 0
+    longest: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)  # task name -> episodes left out
+
+    def line(self) -> str:
+        text = f"{self.episodes:,} episodes ({self.transitions:,} transitions)"
+        if self.dropped:
+            left = ", ".join(f"{k} ({v})" for k, v in sorted(self.dropped.items()))
+            text += f"; left out episodes of other tasks: {left}"
+        return text
+
+
+def fill(replay: Any, ds: Dataset, target: Target) -> FillStats:
+    """Add every episode of `ds` that belongs to `target`, fitted to its shapes, to `replay`."""
+    stats = FillStats()
+    for block in ds.blocks():
+        index = _task_index(block, target)
+        for i in np.flatnonzero(index < 0):
+            name = block.names[block.task_ids[i]] if block.names else str(block.task_ids[i])
+            stats.dropped[name] = stats.dropped.get(name, 0) + 1
+        for i in np.flatnonzero(index >= 0):
+            obs, action = _fit(block, int(i), int(index[i]), target)
+            replay.add_episode(
+                {
+                    "obs": obs,
+                    "action": action,
+                    "reward": block.reward[i],
+                    "terminated": block.terminated[i],
+                    "task": int(index[i]),
+                }
+            )
+            T = block.reward.shape[1]
+            stats.episodes += 1
+            stats.transitions += T
+            stats.longest = max(stats.longest, T)
+    return stats
+
+
+# ------------------------------------------------------------------------------ a run's replay
+def load_for_run(cfg: Any) -> tuple[Any, dict[str, Any]]:
+    """The whole dataset at cfg.data_dir in an EpisodeReplay sized to hold it (capacity
+    max(buffer_size, dataset transitions)), and a summary a checkpoint keeps to match it."""
+    from ldmpc.replay import EpisodeReplay, replay_args
+
+    ds = open_dataset(cfg.data_dir)
+    args = replay_args(cfg)
+    replay = EpisodeReplay(**{**args, "capacity": max(args["capacity"], ds.transitions, 1)})
+    stats = fill(replay, ds, run_target(cfg))
+    where = f"data_dir={cfg.data_dir}"
+    if stats.episodes == 0:
+        present = ", ".join(ds.task_names() or ["unknown"])
+        raise UserError(f"{where} holds no episode of task={cfg.task} (its tasks: {present})")
+    try:
+        replay.sample(1)  # the replay's own rule for which episodes are long enough
+    except ValueError:
+        raise UserError(
+            f"{where}: its longest episode has {stats.longest} steps, too few for a training "
+            f"window (horizon={cfg.horizon}, window={cfg.window})"
+        ) from None
+    print(f"offline dataset {cfg.data_dir} ({ds.source.kind}): {stats.line()}", flush=True)
+    summary = {"episodes": stats.episodes, "transitions": stats.transitions}
+    return replay, summary
+
+
+# ------------------------------------------------------------------------------ writing
+def write_arrow(replay: Any, dst: Path, tasks: list[str] | None) -> None:
+    """Write `replay` as an ldmpc dataset into `dst` (new or empty) via a sibling temp folder
+    that is renamed into place: a kill leaves no half dataset behind."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    try:
+        if tasks is not None:
+            (tmp / TASKS_FILE).write_text(json.dumps(tasks, indent=1))
+        replay.save(tmp)  # manifest.json last
+        os.replace(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_tdmpc2(path: Path, episodes: list[dict[str, Any]], tasks: list[str] | None) -> None:
+    """Write equal-length episodes as one TD-MPC2 episode file (a plain dict of tensors: step 0
+    holds the first observation, NaN action and reward; task ids index TD-MPC2's mt80 list)."""
+    import torch
+
+    from ldmpc.atomic import atomic_writer
+
+    lengths = {len(ep["reward"]) for ep in episodes}
+    if len(lengths) != 1:
+        raise UserError(f"{path}: TD-MPC2 files hold episodes of one length; got {sorted(lengths)}")
+    obs = np.stack([ep["obs"] for ep in episodes])
+    action = np.stack([ep["action"] for ep in episodes]).astype(np.float32)
+    reward = np.stack([ep["reward"] for ep in episodes]).astype(np.float32)
+    term = np.stack([ep["terminated"] for ep in episodes]).astype(np.float32)
+    nan = np.full((len(episodes), 1), np.nan, np.float32)
+    nan_action = np.full((len(episodes), 1, action.shape[2]), np.nan, np.float32)
+    out = {
+        "obs": torch.from_numpy(obs),
+        "action": torch.from_numpy(np.concatenate([nan_action, action], 1)),
+        "reward": torch.from_numpy(np.concatenate([nan, reward], 1)),
+        "terminated": torch.from_numpy(np.concatenate([nan, term], 1)),
+    }
+    if tasks is not None:
+        missing = sorted({tasks[ep["task"]] for ep in episodes} - set(TDMPC2_TASKS))
+        if missing:
+            raise UserError(f"{path}: task {missing[0]} has no id in TD-MPC2's task list")
+        ids = np.array([TDMPC2_TASKS.index(tasks[ep["task"]]) for ep in episodes], np.int32)
+        out["task"] = torch.from_numpy(np.repeat(ids[:, None], obs.shape[1], 1))
+    with atomic_writer(path) as f:
+        torch.save(out, f)
+
+
+def convert(src: str, dst: str, task: str | None = None, obs: str = "state") -> str:
+    """`ldmpc data convert`: TD-MPC2 episode files (or an ldmpc dataset) -> an ldmpc Arrow
+    dataset, or a TD-MPC2 file when dst ends in .pt. With `task=` only that task's (or task
+    set's) episodes are kept, fitted to its shapes; without, shapes and tasks stay as they are.
+    Returns the summary line it prints."""
+    from ldmpc.replay import EpisodeReplay
+
+    out = Path(dst).expanduser()
+    if out.exists() and (out.suffix == ".pt" or not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"dst={dst} already exists and is not an empty directory; choose a new one")
+    ds = open_dataset(src, key="src")
+    if task:
+        from ldmpc.config import load
+
+        target = run_target(load([f"task={task}", f"obs={obs}"]))
+    else:
+        target = own_target(ds)
+    replay = EpisodeReplay(
+        capacity=max(1, ds.transitions),
+        horizon=1,
+        obs_shape=target.obs_shape,
+        action_dim=target.action_dim,
+        obs_dtype=target.obs_dtype,
+    )
+    stats = fill(replay, ds, target)
+    if stats.episodes == 0:
+        present = ", ".join(ds.task_names() or ["unknown"])
+        raise UserError(f"src={src} holds no episode of task={task} (its tasks: {present})")
+    if out.suffix == ".pt":
+        write_tdmpc2(out, list(replay.episodes()), target.tasks)
+    else:
+        write_arrow(replay, out, target.tasks)
+    tasks = ", ".join(target.tasks) if target.tasks else "one unnamed task"
+    line = (
+        f"converted {src} ({ds.source.kind}) -> {dst}: {stats.line()}; obs_shape "
+        f"{list(target.obs_shape)} action_dim {target.action_dim}; tasks: {tasks}"
+    )
+    print(line, flush=True)
+    return line
