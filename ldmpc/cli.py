@@ -20,7 +20,18 @@ COMMANDS = {
     "tune": "run a Ray Tune sweep: ldmpc tune tune_configs/<file>.yaml [key=value ...]",
     "bench": "run a benchmark: ldmpc bench <name> (see benchmarks/)",
     "tasks": "list the registered tasks, grouped by suite, and which suites work here",
+    "data": "datasets: ldmpc data convert src=<dir|file.pt> dst=<dir|file.pt> [task=...]",
 }
+DATA_USAGE = """usage: ldmpc data convert src=<dir|file.pt> dst=<dir|file.pt> [task=...] [obs=state]
+
+Convert TD-MPC2 episode files (*.pt; task ids index TD-MPC2's mt80 list) into an ldmpc Arrow
+dataset for `ldmpc train data_dir=<dst>`, or write a TD-MPC2 file when dst ends in .pt.
+  src=   a TD-MPC2 .pt file, a directory of them, or an ldmpc dataset directory
+  dst=   a new (or empty) directory; or a new .pt file
+  task=  keep only this task's (or task set's) episodes, fitted to its observation/action sizes
+         (TD-MPC2's zero padding is cut); default: keep everything as it is
+  obs=   state | rgb (with task=)"""
+DATA_KEYS = ("src", "dst", "task", "obs")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,6 +58,9 @@ def _build_parser() -> argparse.ArgumentParser:
 def _print_keys(command: str) -> None:
     from ldmpc.config import help_text
 
+    if command == "data":
+        print(DATA_USAGE)
+        return
     print(f"usage: ldmpc {command} [key=value ...]\n\n{COMMANDS[command]}\n\nkeys (default):")
     print(help_text())
 
@@ -69,6 +83,11 @@ def cmd_train(args: list[str]) -> int:
 
     cfg = load(args)
     check_writable(cfg.work_dir)
+    if cfg.data_dir is not None:  # offline: one process, no Ray
+        from ldmpc.offline import run_offline
+
+        run_offline(cfg)
+        return 0
     from actors.ray_init import cluster_address
 
     cluster_address(cfg)  # a bad address= is one line now, not after RLlib's ~5 s import
@@ -103,6 +122,33 @@ def cmd_bench(args: list[str]) -> int:
     raise UserError("`ldmpc bench` is not wired yet; run `make bench` or `make bench B=<name>`")
 
 
+def cmd_data(args: list[str]) -> int:
+    if not args or args[0] != "convert":
+        got = f" (got {args[0]!r})" if args else ""
+        raise UserError(
+            f"data needs a subcommand{got}: ldmpc data convert src=... dst=... [task=...]"
+        )
+    from ldmpc.datasets import convert
+    from ldmpc.errors import close_matches
+
+    given: dict[str, str] = {}
+    for item in args[1:]:
+        key, sep, value = item.partition("=")
+        if not sep or key not in DATA_KEYS:
+            hint = close_matches(key, DATA_KEYS) if sep else ""
+            raise UserError(
+                f"data convert: bad argument '{item}'{hint}; keys: {', '.join(DATA_KEYS)}"
+            )
+        given[key] = value
+    missing = [k for k in ("src", "dst") if not given.get(k)]
+    if missing:
+        raise UserError(f"data convert needs {missing[0]}=<path> (see `ldmpc data --help`)")
+    convert(
+        given["src"], given["dst"], task=given.get("task") or None, obs=given.get("obs", "state")
+    )
+    return 0
+
+
 def cmd_tasks(args: list[str]) -> int:
     if args:
         raise UserError(f"`ldmpc tasks` takes no arguments, got: {' '.join(args)}")
@@ -118,6 +164,7 @@ HANDLERS: dict[str, Callable[[list[str]], int]] = {
     "tune": cmd_tune,
     "bench": cmd_bench,
     "tasks": cmd_tasks,
+    "data": cmd_data,
 }
 
 

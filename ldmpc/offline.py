@@ -1,0 +1,206 @@
+"""`ldmpc train data_dir=...`: offline training from a dataset, in one process (no Ray).
+
+As TD-MPC2's offline trainer: the whole dataset is the replay, `steps` counts gradient updates,
+and the agent is evaluated in the real env every `eval_freq` updates (and at update 0). The run
+writes what an online run writes: eval.csv + curve.png (x = updates), a progress bar, checkpoints
+in the same format and fingerprint (`ldmpc eval checkpoint=...` reads them), plus offline.csv,
+the mean losses of every LOG_EVERY updates. SIGINT/SIGTERM finish the current update and write a
+checkpoint; `resume=true` continues from the newest one (weights, optimizers, updates, sampler
+RNG) after re-reading the dataset, which must still hold what the checkpoint was trained on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from omegaconf import DictConfig
+
+from ldmpc.errors import UserError
+
+LOG_EVERY = 100  # updates per offline.csv row (and progress refresh)
+MAX_NONFINITE_STREAK = 100  # as the online run: abort after this many non-finite losses in a row
+LOSS_FIELDS = [
+    "step",
+    "elapsed_s",
+    "updates_per_s",
+    "wm_loss",
+    "consistency_loss",
+    "reward_loss",
+    "value_loss",
+    "pi_loss",
+    "diffusion_loss",
+    "proposal_loss",
+    "grad_norm",
+    "skipped_updates",
+]
+
+
+class Every:
+    """Fires once each time the step reaches the next multiple of `every` (never if 0)."""
+
+    NEVER = 1 << 62
+
+    def __init__(self, every: int, start: int, fire_at_start: bool) -> None:
+        self.every = every
+        if every <= 0:
+            self.next_at = self.NEVER
+        else:
+            self.next_at = start if fire_at_start else (start // every + 1) * every
+
+    def due(self, step: int) -> bool:
+        if step < self.next_at:
+            return False
+        self.next_at = (step // self.every + 1) * self.every
+        return True
+
+
+class LossLog:
+    """Means of the update metrics over LOG_EVERY updates -> one offline.csv row."""
+
+    def __init__(self, cfg: DictConfig, start: int, t0: float) -> None:
+        from ldmpc.logging import CsvLog
+
+        self.csv = CsvLog(os.path.join(cfg.run_dir, "offline.csv"), LOSS_FIELDS)
+        self.enabled = bool(cfg.save_csv)
+        if start > 0 and self.enabled:
+            self.csv.truncate_after(start)
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.seconds = 0.0  # spent sampling + updating (evaluations excluded)
+        self.t0 = t0
+
+    def add(self, info: dict[str, float], seconds: float) -> None:
+        for key, value in info.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.count += 1
+        self.seconds += seconds
+
+    def flush(self, step: int) -> float:
+        """Write the row (when there is one); returns updates/s of its updates."""
+        rate = self.count / max(self.seconds, 1e-9)
+        if self.count and self.enabled:
+            row = {k: v / self.count for k, v in self.sums.items() if k in LOSS_FIELDS}
+            row.update(step=step, elapsed_s=time.time() - self.t0, updates_per_s=rate)
+            row["skipped_updates"] = self.sums.get("skipped", 0.0)
+            self.csv.append(row)
+        self.sums, self.count, self.seconds = {}, 0, 0.0
+        return rate
+
+
+def run_offline(cfg: DictConfig) -> dict[str, Any]:
+    """Train cfg.steps updates on the dataset at cfg.data_dir; returns the final figures."""
+    from ldmpc.agent import Agent
+    from ldmpc.checkpoint import GracefulExit
+    from ldmpc.datasets import load_for_run
+    from ldmpc.logging import RunLogger
+    from ldmpc.runtime import resolve_device, set_threads
+
+    set_threads(cfg.torch_threads)
+    device = resolve_device(cfg.device)
+    replay, dataset = load_for_run(cfg)
+    agent = Agent(cfg, device)
+    start = resume(agent, replay, dataset, cfg) if cfg.resume else 0
+    log = RunLogger(cfg, start_step=start, resumed=start > 0)
+    losses = LossLog(cfg, start, log.start_time)
+    evals = Every(cfg.eval_freq, start, fire_at_start=start == 0)
+    checkpoints = Every(cfg.checkpoint_freq, start, fire_at_start=False)
+    step, last_eval, path = start, None, None
+    try:
+        with GracefulExit() as stop:
+            while True:
+                if not stop.requested and evals.due(step):
+                    last_eval = _evaluate(agent, cfg, step)
+                    log.log_eval(step, last_eval)
+                if step >= cfg.steps or stop.requested:
+                    break
+                t = time.perf_counter()
+                info = agent.update(replay.sample(cfg.batch_size, device=device))
+                losses.add(info, time.perf_counter() - t)
+                step += 1
+                _check_nonfinite(agent, cfg)
+                if step % LOG_EVERY == 0 or step == cfg.steps:
+                    log.progress(step, upd_s=losses.flush(step))
+                if checkpoints.due(step) and step < cfg.steps:  # the last one is written below
+                    save(agent, replay, dataset, cfg, step)
+        losses.flush(step)
+        path = save(agent, replay, dataset, cfg, step)
+        if stop.requested:
+            log.write(f"{stop.signal_name}: checkpoint {path} written; continue with resume=true")
+    finally:
+        log.close()
+    return {
+        "updates": step,
+        "skipped_updates": agent.counters["skipped_updates"],
+        "eval": last_eval,
+        "interrupted": stop.requested,
+        "checkpoint": str(path) if path else None,
+    }
+
+
+def _evaluate(agent: Any, cfg: DictConfig, step: int) -> dict[str, float]:
+    from ldmpc.evaluate import eval_seed, evaluate
+
+    video = os.path.join(cfg.run_dir, "videos", f"step_{step}") if cfg.save_video else None
+    return evaluate(agent, cfg, cfg.eval_episodes, seed=eval_seed(cfg), video_dir=video)
+
+
+def _check_nonfinite(agent: Any, cfg: DictConfig) -> None:
+    streak = agent.counters["consecutive_skips"]
+    if streak >= MAX_NONFINITE_STREAK:
+        raise UserError(
+            f"{streak} non-finite losses in a row: training diverged (lower lr={cfg.lr} or "
+            f"check the dataset's rewards/observations in {cfg.data_dir})"
+        )
+
+
+def save(agent: Any, replay: Any, dataset: dict[str, Any], cfg: DictConfig, step: int) -> Any:
+    """A run checkpoint at `step` updates (None when save_agent=false).
+
+    `replay: None` tells an online `resume=true` that there is no replay to restore.
+    """
+    from ldmpc.checkpoint import save_run_checkpoint
+    from ldmpc.config import fingerprint
+
+    if not cfg.save_agent:
+        return None
+    payload = {
+        "agent": agent.state_dict(),
+        "offline": {"sampler": replay.get_state(), "dataset": dataset},
+        "replay": None,
+    }
+    counters = {"updates": step, "offline_updates": step}
+    return save_run_checkpoint(
+        cfg.run_dir, step, payload, fingerprint=fingerprint(cfg), counters=counters
+    )
+
+
+def resume(agent: Any, replay: Any, dataset: dict[str, Any], cfg: DictConfig) -> int:
+    """Restore the newest checkpoint of the run; returns the update to continue from."""
+    from ldmpc.checkpoint import latest_checkpoint, load_checkpoint
+    from ldmpc.config import fingerprint
+
+    path = latest_checkpoint(cfg.run_dir)
+    if path is None:
+        print(f"resume=true: no checkpoint in {cfg.run_dir} yet, starting from update 0")
+        return 0
+    ckpt = load_checkpoint(path, expected_fingerprint=fingerprint(cfg), map_location=agent.device)
+    offline = ckpt["payload"].get("offline")
+    if offline is None:
+        raise UserError(
+            f"resume=true: {path} belongs to an online run; offline training (data_dir=) "
+            "continues offline runs only: choose another exp_name"
+        )
+    if dict(offline["dataset"]) != dataset:
+        raise UserError(
+            f"resume=true: {path} was trained on a dataset of {_kv(offline['dataset'])}; "
+            f"data_dir={cfg.data_dir} now holds {_kv(dataset)}"
+        )
+    agent.load_state_dict(ckpt["payload"]["agent"])
+    replay.set_state(offline["sampler"])
+    return int(ckpt["counters"]["offline_updates"])
+
+
+def _kv(d: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in d.items())
