@@ -144,20 +144,20 @@ def _torch_load(path: Path) -> Any:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path) if mmap else []
     except _LOAD_ERRORS as e:
         raise UserError(f"{path} is corrupt or truncated: {_first_line(e)}") from None
-    allowed = _allowed_globals(unsafe, path)
-    try:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        text = str(e)
-        if "Unsupported global: GLOBAL " in text:  # legacy format: no scan before loading
-            name = text.split("Unsupported global: GLOBAL ")[1].split()[0]
-            _allowed_globals([name], path)  # raises the matching one-line error
-            raise UserError(f"{path} holds a TensorDict in torch's legacy format; re-save it "
-                            "with a current torch") from None  # fmt: skip
-        raise UserError(f"{path} is corrupt or truncated: {_first_line(e)}") from None
-    except _LOAD_ERRORS as e:
-        raise UserError(f"{path} is corrupt or truncated: {_first_line(e)}") from None
+    names = list(unsafe)
+    for _ in range(8):  # legacy-format files name their globals only as loading meets them
+        try:
+            with torch.serialization.safe_globals(_allowed_globals(names, path)):
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except pickle.UnpicklingError as e:
+            marker = "Unsupported global: GLOBAL "
+            name = str(e).split(marker)[1].split()[0] if marker in str(e) else None
+            if name is None or name in names:
+                raise UserError(f"{path} is corrupt or truncated: {_first_line(e)}") from None
+            names.append(name)
+        except _LOAD_ERRORS as e:
+            raise UserError(f"{path} is corrupt or truncated: {_first_line(e)}") from None
+    raise UserError(f"{path} names too many classes to load safely: {', '.join(names)}")
 
 
 def _fields(obj: Any, path: Path) -> dict[str, np.ndarray]:
@@ -183,7 +183,10 @@ def _fields(obj: Any, path: Path) -> dict[str, np.ndarray]:
                 f"{path}: '{key}' is a {type(value).__name__}, expected a tensor "
                 "(dict observations are not supported)"
             )
-        out[key] = value.numpy()
+        try:
+            out[key] = value.detach().numpy()
+        except TypeError:
+            raise UserError(f"{path}: '{key}' has dtype {value.dtype}, which numpy lacks") from None
     return out
 
 

@@ -25,6 +25,7 @@ import torch
 
 from ldmpc.cli import main
 from ldmpc.datasets import TDMPC2_TASKS, open_dataset, read_tdmpc2_file, write_arrow, write_tdmpc2
+from ldmpc.errors import UserError
 from ldmpc.replay import EpisodeReplay
 
 TASK = "cartpole-balance"  # obs 5, action 1; TD-MPC2 task id 8
@@ -232,15 +233,19 @@ def test_tensordict_file_needs_its_package(
             "reward": torch.zeros(2, 11),
         }
     )
-    path = tmp_path / "td.pt"
+    path, legacy = tmp_path / "td.pt", tmp_path / "legacy.pt"
     torch.save(td, path)
-    block = read_tdmpc2_file(path)
-    assert block.obs.shape == (2, 11, 5) and block.action.shape == (2, 10, 1)
+    torch.save(td, legacy, _use_new_zipfile_serialization=False)  # globals met while loading
+    for file in (path, legacy):
+        block = read_tdmpc2_file(file)
+        assert block.obs.shape == (2, 11, 5) and block.action.shape == (2, 10, 1)
 
     monkeypatch.delitem(sys.modules, "tensordict")
     sys.path.remove(str(pkg.parent))
     rc = main(["train", f"task={TASK}", f"data_dir={path}", *TINY])
     assert "needs the `tensordict` package" in one_line_error(capsys, rc)
+    with pytest.raises(UserError, match="needs the `tensordict` package"):
+        read_tdmpc2_file(legacy)
 
 
 # ------------------------------------------------------------------------------ training
