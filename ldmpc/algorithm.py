@@ -57,6 +57,7 @@ from actors.env_runner import (
 from actors.planner_module import PlannerModule, module_config, to_batch_major
 from actors.ray_init import init_ray
 from actors.replay_shard import ShardedReplay
+from ldmpc.cadence import Every
 from ldmpc.envs.multitask import multitask_episode
 from ldmpc.errors import UserError
 from ldmpc.replay import EpisodeReplay, replay_args
@@ -597,25 +598,6 @@ def _train(algo: LdmpcAlgorithm, cfg: DictConfig, on_eval: EvalHook | None) -> d
     }
 
 
-class Every:
-    """Fires once each time the step reaches the next multiple of `every` (never if 0)."""
-
-    NEVER = 1 << 62
-
-    def __init__(self, every: int, start: int, fire_at_start: bool) -> None:
-        self.every = every
-        if every <= 0:
-            self.next_at = self.NEVER
-        else:
-            self.next_at = start if fire_at_start else (start // every + 1) * every
-
-    def due(self, step: int) -> bool:
-        if step < self.next_at:
-            return False
-        self.next_at = (step // self.every + 1) * self.every
-        return True
-
-
 class Rate:
     """Env steps/s and updates/s since this process started (resume-aware)."""
 
@@ -708,6 +690,11 @@ def resume(algo: LdmpcAlgorithm, cfg: DictConfig) -> int:
         algo.restore_replay(None, cfg.run_dir)
         return 0
     ckpt = load_checkpoint(path, expected_fingerprint=fingerprint(cfg))
+    if ckpt["payload"].get("offline"):
+        raise UserError(
+            f"{path} is an offline run's checkpoint (data_dir=): online resume=true would "
+            "restart at env step 0; start the online run under another exp_name"
+        )
     algo.restore_replay(ckpt["payload"]["replay"], str(path))
     fields = Counters.__dataclass_fields__
     counters = {k: v for k, v in ckpt["counters"].items() if k in fields}

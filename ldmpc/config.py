@@ -87,7 +87,7 @@ class Config:
     seed_steps: int = _f(0, "random-action steps first (0: max(1000, 5 x episode length))")
     exp_name: str = _f("default", "experiment name (part of the run directory)")
     eval_task: str | None = _f(None, "multitask eval: only this task of the set (default all)")
-    data_dir: str | None = _f(None, "offline dataset directory (multitask issue)")
+    data_dir: str | None = _f(None, "offline training: dataset directory (see README)")
     # planning
     mpc: bool = _f(True, "plan with MPPI (false: act with the policy prior)")
     iterations: int = _f(6, "MPPI iterations per decision")

@@ -171,7 +171,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     agent, ckpt = load_agent(cfg)
     video_dir = os.path.join(cfg.run_dir, "videos", "eval") if cfg.save_video else None
     result = evaluate(agent, cfg, cfg.eval_episodes, seed=eval_seed(cfg), video_dir=video_dir)
-    step = ckpt["counters"].get("env_steps", "?")
+    counters = ckpt["counters"]
+    step = counters.get("env_steps", f"{counters.get('offline_updates', '?')} (offline updates)")
     if cfg.multitask:
         print(format_task_table(cfg, result, step))
         return result

@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from ldmpc.cadence import Every
 from ldmpc.errors import UserError
 
 LOG_EVERY = 100  # updates per offline.csv row (and progress refresh)
@@ -35,25 +36,6 @@ LOSS_FIELDS = [
     "grad_norm",
     "skipped_updates",
 ]
-
-
-class Every:
-    """Fires once each time the step reaches the next multiple of `every` (never if 0)."""
-
-    NEVER = 1 << 62
-
-    def __init__(self, every: int, start: int, fire_at_start: bool) -> None:
-        self.every = every
-        if every <= 0:
-            self.next_at = self.NEVER
-        else:
-            self.next_at = start if fire_at_start else (start // every + 1) * every
-
-    def due(self, step: int) -> bool:
-        if step < self.next_at:
-            return False
-        self.next_at = (step // self.every + 1) * self.every
-        return True
 
 
 class LossLog:

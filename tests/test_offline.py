@@ -286,6 +286,12 @@ def test_offline_training_learns_the_reward(data: dict[str, Any], tmp_path: Path
     assert untrained < 0.2 and trained > 0.7, (untrained, trained)  # measured -1.6 / 0.92
     evaluate = ["eval", f"task={TASK}", f"checkpoint={checkpoint}", f"work_dir={work}", *TINY]
     assert main(evaluate) == 0
+    # an online resume=true in the offline run's directory is refused before it acts
+    from ldmpc.algorithm import resume
+    from ldmpc.config import load
+
+    with pytest.raises(UserError, match="offline run's checkpoint"):
+        resume(None, load([f"task={TASK}", f"work_dir={work}", "resume=true", *TINY]))
 
 
 def test_sigterm_checkpoints_and_resume_continues(

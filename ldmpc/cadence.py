@@ -1,0 +1,26 @@
+"""When periodic work is due: evaluations and checkpoints at exact multiples of their period.
+
+Shared by the online loop (`ldmpc.algorithm`) and the offline one (`ldmpc.offline`); TD-MPC2
+evaluates and checkpoints at exact step multiples, and a resumed run must keep that grid.
+"""
+
+from __future__ import annotations
+
+
+class Every:
+    """Fires once each time the step reaches the next multiple of `every` (never if 0)."""
+
+    NEVER = 1 << 62
+
+    def __init__(self, every: int, start: int, fire_at_start: bool) -> None:
+        self.every = every
+        if every <= 0:
+            self.next_at = self.NEVER
+        else:
+            self.next_at = start if fire_at_start else (start // every + 1) * every
+
+    def due(self, step: int) -> bool:
+        if step < self.next_at:
+            return False
+        self.next_at = (step // self.every + 1) * self.every
+        return True
