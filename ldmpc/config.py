@@ -63,7 +63,7 @@ class Config:
     # evaluation
     checkpoint: str | None = _f(None, "checkpoint file to evaluate or to start from")
     eval_episodes: int = _f(10, "episodes per evaluation (run as one vector env)")
-    eval_freq: int = _f(50_000, "agent steps between evaluations")
+    eval_freq: int = _f(50_000, "agent steps between evaluations (0: never evaluate)")
     # training
     steps: int = _f(10_000_000, "total agent (env) steps")
     batch_size: int = _f(256, "sequences per update")
@@ -318,7 +318,6 @@ RANGE_RULES: list[tuple[Callable[[Any], bool], str, tuple[str, ...]]] = [
             "batch_size",
             "buffer_size",
             "eval_episodes",
-            "eval_freq",
             "horizon",
             "iterations",
             "num_samples",
@@ -346,6 +345,7 @@ RANGE_RULES: list[tuple[Callable[[Any], bool], str, tuple[str, ...]]] = [
             "task_dim",
             "torch_threads",
             "checkpoint_freq",
+            "eval_freq",
             "seed_steps",
             "num_env_runners",
             "num_learners",

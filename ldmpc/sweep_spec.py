@@ -131,6 +131,8 @@ def load_spec(path: str, overrides: list[str] | None = None) -> SweepSpec:
     from ldmpc.config import parse
 
     cfg = _parse(parse, base, f"{where}: base")
+    if cfg.eval_freq == 0:
+        raise UserError(f"{where}: base eval_freq=0: trials report at evaluations; set eval_freq")
     scheduler = _scheduler(raw.get("scheduler"), cfg, where)
     spec = SweepSpec(**{**spec.__dict__, "scheduler": scheduler})
     _check_search_values(spec, where)

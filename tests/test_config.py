@@ -40,6 +40,7 @@ def test_explicit_key_wins_over_preset() -> None:
 def test_override_types_are_coerced() -> None:
     cfg = config.parse(["steps=7000000", "compile=true", "lr=1e-3", "exp_name=abc"])
     assert cfg.steps == 7_000_000 and cfg.compile is True and cfg.lr == 1e-3
+    assert config.parse(["eval_freq=0"]).eval_freq == 0  # 0: never evaluate
 
 
 @pytest.mark.parametrize(
@@ -47,6 +48,7 @@ def test_override_types_are_coerced() -> None:
     [
         (["horizn=3"], "did you mean: horizon"),
         (["steps=-5"], "steps=-5"),
+        (["eval_freq=-1"], "eval_freq=-1: must be >= 0"),
         (["steps=abc"], "expected an integer"),
         (["model_size=7"], "allowed 1, 5, 19, 48, 317"),
         (["num_elites=600"], "num_elites=600"),

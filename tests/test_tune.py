@@ -54,6 +54,7 @@ BAD_FILES = [
     ("search: {utd_ratio: {choice: [1, 0]}}\n", "utd_ratio=0.0: must be > 0"),
     ("base: {num_env_runners: 2}\n", "local topology"),
     ("base: {resume: true}\n", "manages per trial"),
+    ("base: {eval_freq: 0}\n", "trials report at evaluations"),
     ("search: {lr: {normal: [0, 1]}}\n", "search-space type='normal'"),
     ("search: {lrr: {choice: [1]}}\n", "did you mean: lr"),
     ("search: {work_dir: {choice: [a, b]}}\n", "cannot be searched"),
