@@ -42,19 +42,40 @@ def measure(overrides: list[str], warm_steps: int, timed_steps: int) -> dict[str
             algo.sample_until = 1 << 60
             _train_to(algo, warm_steps)
             c = algo.counters
+            spent = {name: _time_calls(algo, name) for name in ("_collect", "_learn")}
             t0, steps0, updates0 = time.perf_counter(), c.env_steps, c.updates
             _train_to(algo, warm_steps + timed_steps)
             dt = time.perf_counter() - t0
+            steps = max(c.env_steps - steps0, 1)
             return {
                 "env_steps_per_s": (c.env_steps - steps0) / dt,
                 "updates_per_s": (c.updates - updates0) / dt,
-                "updates_per_step": (c.updates - updates0) / max(c.env_steps - steps0, 1),
+                "updates_per_step": (c.updates - updates0) / steps,
+                # where a synchronous round's time goes (the driver's view; async rounds never
+                # call _collect): acting + env stepping vs updates + weight sync, per env step
+                "act_s_per_step": spent["_collect"][0] / steps,
+                "learn_s_per_step": spent["_learn"][0] / steps,
             }
         finally:
             algo.stop()
     finally:
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _time_calls(obj: Any, name: str) -> list[float]:
+    """Wrap obj.<name> so every call adds its wall time to the returned one-element list."""
+    real, total = getattr(obj, name), [0.0]
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            total[0] += time.perf_counter() - t
+
+    setattr(obj, name, timed)
+    return total
 
 
 def _train_to(algo: Any, steps: int) -> None:
