@@ -45,12 +45,12 @@ def make_ldmpc_env(ctx: dict[str, Any]) -> gym.Env:
 
         local = int(ctx.get("_sub_envs_made", 0))
         ctx["_sub_envs_made"] = local + 1
-        runner = max(int(getattr(ctx, "worker_index", 0)) - 1, 0)
+        worker = int(getattr(ctx, "worker_index", 0))
         return MultitaskEnv(
             list(ctx["tasks"]),
-            first=runner * int(ctx["num_envs"]) + local,
+            first=max(worker - 1, 0) * int(ctx["num_envs"]) + local,
             stride=int(ctx["num_sub_envs"]),
-            seed=int(ctx["seed"]),
+            seed=int(ctx["seed"]) + SEED_STRIDE * worker + local,  # as the runner's resets
             obs_dim=int(ctx["obs_dim"]),
             action_dim=int(ctx["action_dim"]),
         )

@@ -541,6 +541,8 @@ def run_training(cfg: DictConfig, on_eval: EvalHook | None = None) -> dict[str, 
 
     from ldmpc.runtime import set_threads
 
+    if cfg.data_dir is not None:
+        raise UserError("data_dir= is offline training: run it with ldmpc.offline.run_offline")
     set_threads(cfg.torch_threads)
     started_ray = init_ray(cfg)
     algo = build_algorithm(cfg)

@@ -447,6 +447,12 @@ def validate(cfg: DictConfig) -> None:
     from ldmpc.tasks import resolve_tasks  # local: tasks imports nothing heavy, but keep order
 
     specs = resolve_tasks(cfg.task)
+    names = [spec.name for spec in specs]
+    if cfg.eval_task is not None and cfg.eval_task not in names:
+        raise UserError(
+            f"eval_task={cfg.eval_task} is not a task of task={cfg.task}"
+            f"{close_matches(cfg.eval_task, names)}"
+        )
     if len(specs) > 1 and cfg.obs != "state":
         raise UserError(
             f"obs={cfg.obs} with {len(specs)} tasks: multitask runs use obs=state "

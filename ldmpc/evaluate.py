@@ -31,16 +31,10 @@ def _frames(envs: Any) -> list[np.ndarray] | None:
 
 
 def eval_task_ids(cfg: DictConfig) -> list[int]:
-    """Indices (into cfg.tasks) of the tasks an evaluation covers: all, or `eval_task`."""
+    """Indices (into cfg.tasks) of the tasks an evaluation covers: all, or `eval_task`
+    (validated with the config)."""
     if cfg.eval_task is None:
         return list(range(len(cfg.tasks)))
-    if cfg.eval_task not in cfg.tasks:
-        from ldmpc.errors import UserError, close_matches
-
-        raise UserError(
-            f"eval_task={cfg.eval_task} is not a task of task={cfg.task}"
-            f"{close_matches(cfg.eval_task, list(cfg.tasks))}"
-        )
     return [list(cfg.tasks).index(cfg.eval_task)]
 
 

@@ -131,6 +131,8 @@ def load_spec(path: str, overrides: list[str] | None = None) -> SweepSpec:
     from ldmpc.config import parse
 
     cfg = _parse(parse, base, f"{where}: base")
+    if cfg.data_dir is not None:
+        raise UserError(f"{where}: base data_dir= (offline training) cannot be swept here yet")
     if cfg.eval_freq == 0:
         raise UserError(f"{where}: base eval_freq=0: trials report at evaluations; set eval_freq")
     scheduler = _scheduler(raw.get("scheduler"), cfg, where)

@@ -41,7 +41,8 @@ class WorldModel(nn.Module):
             # max_norm keeps embeddings on the unit ball as in TD-MPC2.
             self._task_emb = nn.Embedding(len(cfg.tasks), T, max_norm=1)
             self.register_buffer("_action_masks", _action_masks(cfg))
-            self.register_buffer("_discounts", _task_discounts(cfg))
+            # derived from the config, not saved: a resumed or PBT-exploited run keeps its own
+            self.register_buffer("_discounts", _task_discounts(cfg), persistent=False)
         self.pixels = getattr(cfg, "obs", "state") == "rgb"
         if self.pixels:  # uint8 frame stacks -> conv net (ldmpc.conv_encoder)
             self._encoder = pixel_encoder(cfg)

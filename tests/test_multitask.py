@@ -129,6 +129,7 @@ def test_td_target_uses_each_tasks_discount(cfg: object, monkeypatch: pytest.Mon
     monkeypatch.setattr(model, "Q", lambda z, *args, **kwargs: torch.ones(*z.shape[:-1], 1))
     td = td_target(model, z, reward, torch.zeros_like(reward), cfg, torch.tensor([0, 1, 2]))
     assert torch.allclose(td.squeeze(), torch.tensor([0.99, 0.99, 0.95]))
+    assert "_discounts" not in model.state_dict()  # derived from the config: never restored
 
 
 def test_multitask_eval_reports_every_task(cfg: object) -> None:
@@ -152,9 +153,10 @@ def test_eval_task_must_belong_to_the_set(cfg: object) -> None:
 
     one = config.load([f"task={TASKS}", *TINY, "eval_task=walker-walk"])
     assert eval_task_ids(one) == [1]
-    bad = config.load([f"task={TASKS}", *TINY, "eval_task=walker-wlk"])
     with pytest.raises(UserError, match="walker-walk"):
-        eval_task_ids(bad)
+        config.parse([f"task={TASKS}", *TINY, "eval_task=walker-wlk"])
+    with pytest.raises(UserError, match="not a task of task=cup-catch"):
+        config.parse(["task=cup-catch", "eval_task=walker-walk"])
 
 
 def test_env_creator_spreads_runner_sub_envs_over_the_task_set(cfg: object) -> None:
@@ -199,3 +201,26 @@ def test_multitask_update_and_plan_with_each_dynamics(switches: list[str]) -> No
     obs = torch.cat([batch["obs"][0, :3], torch.arange(3.0).unsqueeze(1)], dim=1)
     action, _ = agent.act(obs, None)
     assert torch.all(action[agent.model._action_masks[torch.arange(3)] == 0] == 0)
+
+
+def test_sub_envs_never_share_start_states() -> None:
+    """Two sub-envs rotating over three tasks (seeded as a vector env seeds them) and a re-seed:
+    every episode starts from a different state, also for task envs built later."""
+    tasks = ["cartpole-swingup", "walker-walk", "cup-catch"]
+    dims = task_dims(tuple(tasks))
+    D, A = max(dims[0]), max(dims[1])
+    envs = [MultitaskEnv(tasks, first=i, stride=2, seed=7, obs_dim=D, action_dim=A) for i in (0, 1)]
+    starts: dict[int, list[np.ndarray]] = {0: [], 1: [], 2: []}
+    try:
+        for k in range(6):
+            for i, env in enumerate(envs):
+                reseed = {0: 100 + i, 3: 200 + i}.get(k)  # the first reset, a resume's reseed
+                obs, _ = env.reset(seed=reseed)
+                starts[int(obs[-1])].append(obs[:-1])
+    finally:
+        for env in envs:
+            env.close()
+    for task, obs in starts.items():
+        assert len(obs) == 4
+        distinct = {o.tobytes() for o in obs}
+        assert len(distinct) == len(obs), tasks[task]

@@ -9,8 +9,12 @@ multitask vector env is a `MultitaskEnv`:
   and `multitask_episode` moves it into the stored episode's `task`.
 - action: Box(-1, 1, [action_dim]); the task's env receives its first `action_dims[task]` dims.
 - schedule: episode k plays tasks[(first + k * stride) % T]. A run gives its N sub-envs
-  first = 0..N-1 and stride = N, so the sub-envs spread over the task set and every task gets
-  the same share of episodes; stride 0 keeps one task (evaluation).
+  first = 0..N-1 and stride = N, so the sub-envs spread over the task set round-robin (with N a
+  multiple of T each sub-env keeps one task and tasks get equal env steps); stride 0 keeps one
+  task (evaluation).
+- seeding: each task's env is seeded from (the sub-env's seed, the task), so sub-envs and
+  runners with distinct seeds never replay one another's start states, whichever task they
+  build later; a `reset(seed=s)` re-seeds every task env of the sub-env from s at its next use.
 Each task's env is built on first use and kept; its own wrappers give it its episode length,
 action repeat and success flag, so per-task episode lengths hold as TD-MPC2 defines them.
 """
@@ -44,6 +48,7 @@ class MultitaskEnv(gym.Env):
         self.obs_dim, self.action_dim = int(obs_dim), int(action_dim)
         self._first, self._stride, self._seed = int(first), int(stride), int(seed)
         self._envs: dict[int, gym.Env] = {}
+        self._unseeded: set[int] = set()  # task envs to re-seed from self._seed at next reset
         self._resets = 0
         self.task_index = self._first % len(self.tasks)
         self.render_mode = "rgb_array"
@@ -54,11 +59,16 @@ class MultitaskEnv(gym.Env):
     def task(self) -> str:
         return self.tasks[self.task_index]
 
+    def _task_seed(self) -> int:
+        """The current task's env seed, derived from this sub-env's seed and the task index."""
+        return int(np.random.SeedSequence([self._seed, self.task_index]).generate_state(1)[0])
+
     def _env(self) -> gym.Env:
         if self.task_index not in self._envs:
             from ldmpc.envs import make_env
 
-            self._envs[self.task_index] = make_env(self.task, seed=self._seed)
+            self._envs[self.task_index] = make_env(self.task, seed=self._task_seed())
+            self._unseeded.discard(self.task_index)  # its first reset uses that seed
         return self._envs[self.task_index]
 
     def _pad(self, obs: Any) -> np.ndarray:
@@ -71,9 +81,17 @@ class MultitaskEnv(gym.Env):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
+        if seed is not None:
+            self._seed = int(seed)
+            self._unseeded = set(self._envs)
         self.task_index = (self._first + self._resets * self._stride) % len(self.tasks)
         self._resets += 1
-        obs, info = self._env().reset(seed=seed, options=options)
+        env = self._env()
+        task_seed = None
+        if self.task_index in self._unseeded:
+            task_seed = self._task_seed()
+            self._unseeded.discard(self.task_index)
+        obs, info = env.reset(seed=task_seed, options=options)
         return self._pad(obs), info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
