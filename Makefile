@@ -32,7 +32,10 @@ lint: setup
 format: setup
 	$(RUFF) check --fix . && $(RUFF) format .
 
+# `make bench`: the slow tests (long learning and cluster checks), then every benchmark;
+# `make bench B=name[,name]`: just those benchmarks.
 bench: setup
+	@if [ -z "$(B)" ]; then $(PYTEST) -q -m "slow and not gpu"; fi
 	QUICK=$(QUICK) $(PY) -m benchmarks $(B)
 
 clean:
