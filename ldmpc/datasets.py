@@ -14,7 +14,9 @@ env wrapper and its issue tracker; no code of theirs is used):
   answer in tdmpc2 issue #65), so one table serves both.
 - ldmpc: a directory written by `EpisodeReplay.save` (Arrow chunks + manifest.json) plus
   `tasks.json`, the task names its episodes' task ids index. Without tasks.json (e.g. a run's
-  own replay folder) the ids index the training run's `cfg.tasks`.
+  own replay folder) the ids index the training run's `cfg.tasks` (`convert` keeps them so).
+- Episodes without task ids (a TD-MPC2 file without `task`) are taken as the run's single task:
+  the format cannot tell which task they hold.
 
 Fitting episodes to a run: task names become indices into cfg.tasks (episodes of other tasks are
 dropped and counted); observation columns beyond the task's own width must be zero (padding) and
@@ -32,6 +34,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -108,9 +111,31 @@ def _first_line(e: BaseException) -> str:
     return (lines[0] if lines else type(e).__name__).split(". This is an internal")[0]
 
 
+# What a pickled TensorDict may name, and nothing else of its package (no function that merely
+# lives in it): the classes and rebuild helpers tensordict itself allow-lists for
+# torch.load(weights_only=True) (its `_reductions.py`, 0.15), plus the module paths of older
+# releases. Checked by saving TensorDicts with tensordict 0.2.1 (TD-MPC2's era: the class and
+# `utils._StringOnlyDict`) and 0.15.3 (`_reductions._make_td` + `_td.TensorDict`; a lazy stack,
+# a locked or a consolidated TensorDict add the other three).
+TENSORDICT_GLOBALS = (
+    "tensordict._td.TensorDict",
+    "tensordict._lazy.LazyStackedTensorDict",
+    "tensordict._reductions._make_td",
+    "tensordict._reductions._rebuild_tensordict_files_consolidated",
+    "tensordict.utils._LockedSchema",
+    "tensordict.tensordict.TensorDict",  # tensordict <= 0.2
+    "tensordict.tensordict.LazyStackedTensorDict",
+    "tensordict.utils._StringOnlyDict",  # <= 0.4: a dict subclass, rebuilt as a plain dict
+)
+# weights_only loading fills only plain dicts (SETITEMS): a dict subclass is rebuilt as a dict,
+# as tensordict 0.15 itself registers it
+_AS_DICT = "tensordict.utils._StringOnlyDict"
+
+
 def _allowed_globals(names: list[str], path: Path) -> list[Any]:
-    """The classes a TensorDict file may name: tensordict's own, and only if it is installed."""
-    foreign = [g for g in names if not g.startswith("tensordict.")]
+    """(object, name) pairs for the globals a TensorDict file names: only TENSORDICT_GLOBALS,
+    and only when tensordict is installed (each is registered under the name the file uses)."""
+    foreign = [g for g in names if g not in TENSORDICT_GLOBALS]
     if foreign:
         raise UserError(
             f"{path} holds objects that safe loading refuses ({foreign[0]}); ldmpc reads .pt "
@@ -122,13 +147,17 @@ def _allowed_globals(names: list[str], path: Path) -> list[Any]:
             "tensordict), which ldmpc does not install; or, where it is installed, re-save the "
             "file as plain tensors with torch.save(td.to_dict(), path)"
         )
-    out = []
+    out: list[Any] = []
     for name in names:
         module, _, attr = name.rpartition(".")
         try:
-            out.append(getattr(importlib.import_module(module), attr))
+            obj = dict if name == _AS_DICT else getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError):
-            raise UserError(f"{path} names {name}, which the installed tensordict lacks") from None
+            raise UserError(
+                f"{path} names {name}, which the installed tensordict lacks (the file was "
+                "written with another tensordict version)"
+            ) from None
+        out.append((obj, name))
     return out
 
 
@@ -201,16 +230,27 @@ def read_tdmpc2_file(path: Path) -> Block:
         raise UserError(f"{path}: reward {list(reward.shape)} must be [episodes, L+1] with L >= 1")
     lead = list(reward.shape)
     n, steps = lead
-    if obs.ndim < 3 or list(obs.shape[:2]) != lead:
-        raise UserError(f"{path}: obs {list(obs.shape)} must be [{n}, {steps}, obs_dim]")
-    if action.ndim != 3 or list(action.shape[:2]) != lead:
-        raise UserError(f"{path}: action {list(action.shape)} must be [{n}, {steps}, action_dim]")
+    if n < 1:
+        raise UserError(f"{path} holds no episodes (reward {lead})")
+    if obs.ndim < 3 or list(obs.shape[:2]) != lead or 0 in obs.shape:
+        raise UserError(f"{path}: obs {list(obs.shape)} must be [{n}, {steps}, obs_dim >= 1]")
+    if action.ndim != 3 or list(action.shape[:2]) != lead or action.shape[2] < 1:
+        raise UserError(
+            f"{path}: action {list(action.shape)} must be [{n}, {steps}, action_dim >= 1]"
+        )
     for key in ("task", "terminated"):
         if key in f and list(f[key].shape) != lead:
             raise UserError(f"{path}: {key} {list(f[key].shape)} must be {lead}")
     task_ids = None
     if "task" in f:
         task = f["task"]
+        if task.dtype.kind not in "iu":  # ids stored as floats must be whole numbers
+            first = np.asarray(task[:, 0], np.float64)
+            bad = np.flatnonzero(~np.isfinite(first) | (first != np.round(first)))
+            if len(bad):
+                raise UserError(
+                    f"{path}: task id {first[bad[0]]} of episode {int(bad[0])} is not an integer"
+                )
         if not np.array_equal(task, np.broadcast_to(task[:, :1], task.shape)):
             raise UserError(f"{path}: the task id changes within an episode")
         task_ids = np.asarray(task[:, 0], np.int64)
@@ -234,16 +274,20 @@ def read_tdmpc2_file(path: Path) -> Block:
     )
 
 
-def _check_finite(block: Block) -> None:
+def _check_finite(block: Block, i: int) -> None:
+    """Episode i holds finite values: checked per episode as it is copied (a whole memory-mapped
+    chunk is never scanned at once, and episodes that are left out are not read)."""
     for key in ("obs", "action", "reward"):
-        arr = getattr(block, key)
-        if arr.dtype.kind == "f":
-            bad = ~np.isfinite(arr).reshape(len(block), -1).all(axis=1)
-            if bad.any():
-                raise UserError(
-                    f"{block.origin}: {key} of episode {int(np.argmax(bad))} holds NaN or inf "
-                    "(beyond TD-MPC2's step-0 fillers)"
-                )
+        arr = getattr(block, key)[i]
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise UserError(
+                f"{block.origin}: {key} of episode {i} holds NaN or inf "
+                "(beyond TD-MPC2's step-0 fillers)"
+            )
+
+
+# (task ids or None, the names they index or None, lengths, origin) of a block's episodes
+EpisodeTasks = tuple[np.ndarray | None, list[str] | None, np.ndarray, str]
 
 
 @dataclass
@@ -261,11 +305,9 @@ class Dataset:
     _names: list[str] | None = None
 
     def blocks(self) -> Iterator[Block]:
-        """Blocks with finite values (checked as they are read)."""
+        """The episodes, block by block (`fill` checks the values of those it keeps)."""
         if self._replay is None:
-            for block in self._blocks:
-                _check_finite(block)
-                yield block
+            yield from self._blocks
             return
         for ep in self._replay.episodes():  # one copy at a time
             yield Block(
@@ -277,6 +319,16 @@ class Dataset:
                 names=self._names,
                 origin=f"{self.source.path} (episode id {ep['id']})",
             )
+
+    def episode_tasks(self) -> Iterator[EpisodeTasks]:
+        """(task ids, the names they index, lengths, origin) of each block's episodes, without
+        reading observations: what `fill` sizes the replay by before copying anything."""
+        if self._replay is None:
+            for b in self._blocks:
+                yield b.task_ids, b.names, np.full(len(b), b.reward.shape[1]), b.origin
+            return
+        table = self._replay._table  # the episode table: ids and lengths, no data
+        yield table.col("task"), self._names, table.col("length"), str(self.source.path)
 
     def task_names(self) -> list[str] | None:
         """Names of the tasks present, in the order of the list the ids index (None: unknown)."""
@@ -312,15 +364,28 @@ def _open_arrow(source: Source) -> Dataset:
         dtype = np.dtype(m["obs_dtype"])
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{source.path / MANIFEST} is corrupt: {type(e).__name__}: {e}") from None
+    if action_dim < 1 or not obs_shape or min(obs_shape) < 1:
+        raise UserError(
+            f"{source.path / MANIFEST}: obs_shape {list(obs_shape)} action_dim {action_dim}; "
+            "both need sizes >= 1"
+        )
     names = _read_task_names(source.path)
     replay = EpisodeReplay(
         capacity=max(1, transitions),
         horizon=1,
         obs_shape=obs_shape,
-        action_dim=max(1, action_dim),
+        action_dim=action_dim,
         obs_dtype=dtype,
     )
     replay.load(source.path)
+    ids = replay._table.col("task")
+    if len(ids) and ids.min() < 0:
+        raise UserError(f"{source.path}: an episode's task id is {int(ids.min())} (< 0)")
+    if names is not None and len(ids) and ids.max() >= len(names):
+        raise UserError(
+            f"{source.path}: an episode's task id {int(ids.max())} is beyond the "
+            f"{len(names)} task(s) its {TASKS_FILE} names"
+        )
     return Dataset(source, transitions, obs_shape, action_dim, dtype, _replay=replay, _names=names)
 
 
@@ -351,7 +416,7 @@ class Target:
     obs_dtype: np.dtype
 
     def describe(self, k: int) -> str:
-        name = f"task={self.tasks[k]}" if self.tasks else "the target"
+        name = f"task={self.tasks[k]}" if self.tasks else f"task id {k}"
         obs = [self.obs_widths[k]] if len(self.obs_shape) == 1 else list(self.obs_shape)
         return f"{name} has obs_shape {obs} action_dim {self.action_widths[k]}"
 
@@ -372,9 +437,15 @@ def run_target(cfg: Any) -> Target:
 
 
 def own_target(ds: Dataset) -> Target:
-    """Keep a dataset's shapes; task ids become indices into the names present (if known)."""
+    """Keep a dataset's shapes; task ids become indices into the names present (if known), or
+    stay as they are (unnamed ids: e.g. a multitask run's replay folder, whose ids index that
+    run's tasks)."""
     names = ds.task_names()
-    n = max(1, len(names or []))
+    if names is not None:
+        n = max(1, len(names))
+    else:
+        ids = [t for t, _, _, _ in ds.episode_tasks() if t is not None and len(t)]
+        n = 1 + max((int(t.max()) for t in ids), default=0)
     return Target(
         tasks=names,
         obs_shape=ds.obs_shape,
@@ -385,25 +456,29 @@ def own_target(ds: Dataset) -> Target:
     )
 
 
-def _task_index(block: Block, target: Target) -> np.ndarray:
-    """Each episode's index into target.tasks, -1 for tasks the target does not train."""
-    n = len(block)
-    if block.task_ids is None:
+def _task_index(
+    ids: np.ndarray | None, names: list[str] | None, n: int, origin: str, target: Target
+) -> np.ndarray:
+    """Each of n episodes' index into target.tasks, -1 for tasks the target does not train.
+    Episodes without task ids are taken as the target's single task (nothing in the file can
+    tell which task they are: a wrong one shows only as a shape mismatch)."""
+    if ids is None:
         if target.tasks is not None and len(target.tasks) > 1:
             raise UserError(
-                f"{block.origin} has no task ids; a run of {len(target.tasks)} tasks needs them"
+                f"{origin} has no task ids; a run of {len(target.tasks)} tasks needs them"
             )
         return np.zeros(n, np.int64)
-    if block.names is None or target.tasks is None:  # ids index the target's list already
+    ids = np.asarray(ids, np.int64)
+    if names is None or target.tasks is None:  # ids index the target's list already
         limit = len(target.tasks) if target.tasks is not None else None
-        if limit is not None and block.task_ids.max() >= limit:
+        if limit is not None and len(ids) and ids.max() >= limit:
             raise UserError(
-                f"{block.origin}: task id {int(block.task_ids.max())} is beyond this run's "
+                f"{origin}: task id {int(ids.max())} is beyond this run's "
                 f"{limit} task(s) (add a {TASKS_FILE} naming the dataset's tasks)"
             )
-        return block.task_ids
+        return ids
     lookup = {name: k for k, name in enumerate(target.tasks)}
-    return np.array([lookup.get(block.names[i], -1) for i in block.task_ids], np.int64)
+    return np.array([lookup.get(names[i], -1) for i in ids], np.int64)
 
 
 def _fit(block: Block, i: int, k: int, target: Target) -> tuple[np.ndarray, np.ndarray]:
@@ -436,6 +511,7 @@ class FillStats:
     transitions: int = 0
     longest: int = 0
     dropped: dict[str, int] = field(default_factory=dict)  # task name -> episodes left out
+    tasks: set[int] = field(default_factory=set)  # target task indices with episodes
 
     def line(self) -> str:
         text = f"{self.episodes:,} episodes ({self.transitions:,} transitions)"
@@ -446,14 +522,25 @@ class FillStats:
 
 
 def fill(replay: Any, ds: Dataset, target: Target) -> FillStats:
-    """Add every episode of `ds` that belongs to `target`, fitted to its shapes, to `replay`."""
+    """Add every episode of `ds` that belongs to `target`, fitted to its shapes, to `replay`.
+
+    First from task ids and lengths alone: which episodes are kept (task ids checked) and the
+    rows they need, reserved in `replay` at once (no regrowing while it fills); then each kept
+    episode is checked for NaN/inf, fitted and copied."""
     stats = FillStats()
-    for block in ds.blocks():
-        index = _task_index(block, target)
+    transitions = episodes = 0
+    for ids, names, lengths, origin in ds.episode_tasks():
+        index = _task_index(ids, names, len(lengths), origin, target)
         for i in np.flatnonzero(index < 0):
-            name = block.names[block.task_ids[i]] if block.names else str(block.task_ids[i])
+            name = names[ids[i]] if names else str(ids[i])
             stats.dropped[name] = stats.dropped.get(name, 0) + 1
+        transitions += int(lengths[index >= 0].sum())
+        episodes += int((index >= 0).sum())
+    replay.reserve(transitions, episodes)
+    for block in ds.blocks():
+        index = _task_index(block.task_ids, block.names, len(block), block.origin, target)
         for i in np.flatnonzero(index >= 0):
+            _check_finite(block, int(i))
             obs, action = _fit(block, int(i), int(index[i]), target)
             replay.add_episode(
                 {
@@ -465,6 +552,7 @@ def fill(replay: Any, ds: Dataset, target: Target) -> FillStats:
                 }
             )
             T = block.reward.shape[1]
+            stats.tasks.add(int(index[i]))
             stats.episodes += 1
             stats.transitions += T
             stats.longest = max(stats.longest, T)
@@ -493,6 +581,14 @@ def load_for_run(cfg: Any) -> tuple[Any, dict[str, Any]]:
             f"window (horizon={cfg.horizon}, window={cfg.window})"
         ) from None
     print(f"offline dataset {cfg.data_dir} ({ds.source.kind}): {stats.line()}", flush=True)
+    missing = [name for k, name in enumerate(cfg.tasks) if k not in stats.tasks]
+    if missing:  # a multitask run still trains (and evaluates) them, on no data of their own
+        print(
+            f"ldmpc: warning: {where} holds no episode of {len(missing)} of this run's "
+            f"{len(cfg.tasks)} tasks: {', '.join(missing)}",
+            file=sys.stderr,
+            flush=True,
+        )
     summary = {"episodes": stats.episodes, "transitions": stats.transitions}
     return replay, summary
 
@@ -544,23 +640,50 @@ def write_tdmpc2(path: Path, episodes: list[dict[str, Any]], tasks: list[str] | 
         torch.save(out, f)
 
 
-def convert(src: str, dst: str, task: str | None = None, obs: str = "state") -> str:
-    """`ldmpc data convert`: TD-MPC2 episode files (or an ldmpc dataset) -> an ldmpc Arrow
-    dataset, or a TD-MPC2 file when dst ends in .pt. With `task=` only that task's (or task
-    set's) episodes are kept, fitted to its shapes; without, shapes and tasks stay as they are.
-    Returns the summary line it prints."""
-    from ldmpc.replay import EpisodeReplay
-
-    out = Path(dst).expanduser()
+def _check_dst(out: Path, dst: str) -> None:
+    """dst is new (or an empty directory) and its nearest existing parent is a directory this
+    process can create entries in (tried with a temp folder, removed at once: permission bits
+    alone do not tell, e.g. for root or /proc). Checked before any conversion work."""
     if out.exists() and (out.suffix == ".pt" or not out.is_dir() or any(out.iterdir())):
         raise UserError(f"dst={dst} already exists and is not an empty directory; choose a new one")
+    probe = Path(os.path.abspath(out)).parent
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"dst={dst}: {probe} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ldmpc-probe-", dir=probe))
+    except OSError as e:
+        raise UserError(f"dst={dst}: cannot write in {probe} ({e.strerror or e})") from None
+
+
+def convert(src: str, dst: str, task: str | None = None, obs: str | None = None) -> str:
+    """`ldmpc data convert`: TD-MPC2 episode files (or an ldmpc dataset) -> an ldmpc Arrow
+    dataset, or a TD-MPC2 file when dst ends in .pt. With `task=` only that task's (or task
+    set's) episodes are kept, fitted to its shapes (and `obs=`); without, shapes and tasks stay
+    as they are. Returns the summary line it prints."""
+    from ldmpc.replay import EpisodeReplay
+
+    if not task and obs not in (None, "state"):
+        raise UserError(
+            f"obs={obs} needs task=: it picks the task's observation shape; without task= "
+            "the dataset's observations are kept as they are"
+        )
+    out = Path(dst).expanduser()
+    _check_dst(out, dst)
     ds = open_dataset(src, key="src")
     if task:
         from ldmpc.config import load
 
-        target = run_target(load([f"task={task}", f"obs={obs}"]))
+        target = run_target(load([f"task={task}", f"obs={obs or 'state'}"]))
     else:
         target = own_target(ds)
+        if target.tasks is None and len(target.obs_widths) > 1 and out.suffix == ".pt":
+            raise UserError(
+                f"src={src}: its episodes carry task ids without names ({TASKS_FILE} is absent), "
+                f"which a TD-MPC2 file cannot keep (its ids index TD-MPC2's task list): add "
+                f"{TASKS_FILE} to src, pass task=, or write an Arrow dataset (dst=<dir>)"
+            )
     replay = EpisodeReplay(
         capacity=max(1, ds.transitions),
         horizon=1,
@@ -570,13 +693,24 @@ def convert(src: str, dst: str, task: str | None = None, obs: str = "state") -> 
     )
     stats = fill(replay, ds, target)
     if stats.episodes == 0:
+        if not task:
+            raise UserError(f"src={src} holds no episodes")
         present = ", ".join(ds.task_names() or ["unknown"])
         raise UserError(f"src={src} holds no episode of task={task} (its tasks: {present})")
-    if out.suffix == ".pt":
-        write_tdmpc2(out, list(replay.episodes()), target.tasks)
+    try:
+        if out.suffix == ".pt":
+            write_tdmpc2(out, list(replay.episodes()), target.tasks)
+        else:
+            write_arrow(replay, out, target.tasks)
+    except OSError as e:
+        raise UserError(f"dst={dst}: writing it failed: {e.strerror or e}") from None
+    if target.tasks:
+        tasks = ", ".join(target.tasks)
+    elif len(target.obs_widths) == 1:
+        tasks = "one unnamed task"
     else:
-        write_arrow(replay, out, target.tasks)
-    tasks = ", ".join(target.tasks) if target.tasks else "one unnamed task"
+        ids = ", ".join(map(str, sorted(stats.tasks)))
+        tasks = f"unnamed task ids {ids} (they index the training run's tasks)"
     line = (
         f"converted {src} ({ds.source.kind}) -> {dst}: {stats.line()}; obs_shape "
         f"{list(target.obs_shape)} action_dim {target.action_dim}; tasks: {tasks}"

@@ -186,6 +186,16 @@ class EpisodeReplay:
         for ep in episodes:
             self.add_episode(ep)
 
+    def reserve(self, transitions: int, episodes: int) -> None:
+        """Allocate the rows for `episodes` episodes of `transitions` transitions in all (T+1
+        rows each, at most `capacity` transitions) in one go, before the first add: filling a
+        replay of known size then never regrows it (a regrowth holds the old and the new arrays
+        at once). A replay that already holds episodes is left as it is."""
+        rows = min(int(transitions), self.capacity) + int(episodes)
+        if not len(self._table) and rows > self._rows:
+            self._alloc(rows)
+            self._write = 0
+
     def add_episode(self, ep: Episode) -> int:
         """Store one finished episode; returns its stable id.
 

@@ -212,15 +212,19 @@ def test_multitask_run_fits_each_task(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_tensordict_file_needs_its_package(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """TD-MPC2's released files are pickled TensorDicts. With the package there, only its own
-    classes are allowed; without it, one line naming it (a stand-in class plays TensorDict)."""
+    """TD-MPC2's released files are pickled TensorDicts. With the package there, only its
+    TensorDict classes and rebuild helpers are allowed (not any other name of the package);
+    without it, one line naming it (a stand-in class plays tensordict._td.TensorDict)."""
     pkg = tmp_path / "fake" / "tensordict"
     pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text(
+    (pkg / "_td.py").write_text(
         "class TensorDict:\n"
         "    def __init__(self, d):\n        self._d = dict(d)\n"
         "    def keys(self):\n        return self._d.keys()\n"
         "    def __getitem__(self, k):\n        return self._d[k]\n"
+    )
+    (pkg / "__init__.py").write_text(
+        "from tensordict._td import TensorDict\n\ndef load_anything(path):\n    pass\n"
     )
     monkeypatch.syspath_prepend(str(pkg.parent))
     import tensordict  # the stand-in
@@ -239,8 +243,13 @@ def test_tensordict_file_needs_its_package(
     for file in (path, legacy):
         block = read_tdmpc2_file(file)
         assert block.obs.shape == (2, 11, 5) and block.action.shape == (2, 10, 1)
+    # a function of the package is not a TensorDict: refused, though tensordict is installed
+    sneaky = _write(tmp_path / "s" / "c.pt", {**td._d, "hook": tensordict.load_anything})
+    rc = main(["train", f"task={TASK}", f"data_dir={sneaky}", *TINY])
+    assert "refuses (tensordict.load_anything)" in one_line_error(capsys, rc)
 
     monkeypatch.delitem(sys.modules, "tensordict")
+    monkeypatch.delitem(sys.modules, "tensordict._td")
     sys.path.remove(str(pkg.parent))
     rc = main(["train", f"task={TASK}", f"data_dir={path}", *TINY])
     assert "needs the `tensordict` package" in one_line_error(capsys, rc)
@@ -374,6 +383,17 @@ def _pendulum_shapes(tmp: Path) -> Path:
     return tmp / "p"
 
 
+def _tensors(n: int = 2, steps: int = 11, obs: int = 5, act: int = 1, **extra: Any) -> dict:
+    return {"obs": torch.zeros(n, steps, obs), "action": torch.zeros(n, steps, act),
+            "reward": torch.zeros(n, steps), **extra}  # fmt: skip
+
+
+def _ids_beyond_tasks_json(tmp: Path) -> Path:
+    eps = synthetic(2, 10, 5, 1)
+    eps[1]["task"] = 1
+    return arrow_dataset(tmp / "a", eps, [TASK])  # tasks.json names one task, ids 0 and 1
+
+
 BAD_DATA = {
     "missing": (lambda tmp: tmp / "nowhere", "no such file or directory"),
     "empty dir": (_empty, "no dataset there"),
@@ -384,6 +404,14 @@ BAD_DATA = {
     "NaN reward": (_nan_reward, "reward of episode 1 holds NaN"),
     "corrupt manifest": (_garbage_manifest, "is corrupt"),
     "other task": (_pendulum_shapes, "holds no episode of task=cartpole-balance"),
+    "0 episodes": (lambda t: _write(t / "c.pt", _tensors(n=0)), "holds no episodes"),
+    "action width 0": (lambda t: _write(t / "c.pt", _tensors(act=0)), "action_dim >= 1"),
+    "obs width 0": (lambda t: _write(t / "c.pt", _tensors(obs=0)), "obs_dim >= 1"),
+    "task id 5.5": (lambda t: _write(t / "c.pt", _tensors(task=torch.full((2, 11), 5.5))),
+                    "task id 5.5 of episode 0 is not an integer"),
+    "task id NaN": (lambda t: _write(t / "c.pt", _tensors(task=torch.full((2, 11), np.nan))),
+                    "is not an integer"),
+    "ids beyond tasks.json": (_ids_beyond_tasks_json, "task id 1 is beyond the 1 task(s)"),
 }  # fmt: skip
 
 
@@ -431,3 +459,144 @@ def test_convert_refuses_to_overwrite(
     rc = main(["data", "convert", f"dst={tmp_path / 'x'}"])
     assert "needs src=" in one_line_error(capsys, rc)
     assert "subcommand" in one_line_error(capsys, main(["data", "export"]))
+
+
+# ------------------------------------------------------------------------------ regressions
+def _replay_folder(path: Path, tasks: list[int]) -> Path:
+    """A multitask run's own `replay/` folder: an EpisodeReplay snapshot, no tasks.json."""
+    eps = synthetic(len(tasks), 10, 5, 1)
+    for ep, task in zip(eps, tasks, strict=True):
+        ep["task"] = task
+    replay = EpisodeReplay(capacity=100, horizon=1, obs_shape=(5,), action_dim=1)
+    replay.add(eps)
+    replay.save(path)
+    return path
+
+
+def test_convert_replay_folder_keeps_unnamed_task_ids(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was an IndexError (widths sized for one task, ids 0 and 2 passed through)."""
+    src = _replay_folder(tmp_path / "replay", [0, 2])
+    dst = tmp_path / "out"
+    assert main(["data", "convert", f"src={src}", f"dst={dst}"]) == 0
+    assert "unnamed task ids 0, 2 (they index the training run's tasks)" in capsys.readouterr().out
+    assert not (dst / "tasks.json").exists()
+    assert [b.task_ids.tolist() for b in open_dataset(dst).blocks()] == [[0], [2]]
+    # a TD-MPC2 file would read them as TD-MPC2's ids: refused, before any work
+    rc = main(["data", "convert", f"src={src}", f"dst={tmp_path / 'x.pt'}"])
+    assert "task ids without names" in one_line_error(capsys, rc)
+    rc = main(["train", f"task={TASK}", f"data_dir={dst}", *TINY])
+    assert "task id 2 is beyond this run's 1 task(s)" in one_line_error(capsys, rc)
+
+
+def _regular_file(tmp: Path) -> str:
+    (tmp / "file").write_text("mine")
+    return str(tmp / "file" / "sub")
+
+
+BAD_DST = {
+    "/proc dir": (lambda tmp: "/proc/nope/ds", "cannot write in /proc"),
+    "/proc .pt": (lambda tmp: "/proc/nope.pt", "cannot write in /proc"),
+    "below a file": (_regular_file, "file is not a directory"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DST))
+def test_convert_unwritable_dst_is_one_line(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = _replay_folder(tmp_path / "replay", [0, 0])
+    build, needle = BAD_DST[case]
+    rc = main(["data", "convert", f"src={src}", f"dst={build(tmp_path)}"])
+    assert needle in one_line_error(capsys, rc)
+    assert set(os.listdir(tmp_path)) - {"file"} == {"replay"}  # nothing written, no probe left
+
+
+def test_convert_write_failure_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An OSError of the final write (disk full, a vanished directory) names dst."""
+    import ldmpc.datasets as datasets
+
+    def full(*args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(datasets, "write_arrow", full)
+    src = _replay_folder(tmp_path / "replay", [0])
+    rc = main(["data", "convert", f"src={src}", f"dst={tmp_path / 'out'}"])
+    assert f"dst={tmp_path / 'out'}: writing it failed: No space left" in one_line_error(capsys, rc)
+
+
+def test_convert_obs_without_task_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = _replay_folder(tmp_path / "replay", [0])
+    rc = main(["data", "convert", f"src={src}", f"dst={tmp_path / 'o'}", "obs=rgb"])
+    assert "obs=rgb needs task=" in one_line_error(capsys, rc)
+    assert main(["data", "convert", f"src={src}", f"dst={tmp_path / 'o'}", "obs=state"]) == 0
+
+
+def test_fill_reads_kept_episodes_only_and_allocates_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NaN/inf is checked per kept episode (a left-out task's episodes are never scanned), and
+    the run's replay is sized once from task ids and lengths: no regrowth while filling."""
+    from ldmpc.config import load
+    from ldmpc.datasets import load_for_run
+
+    cart, pend = synthetic(3, 20, 5, 1, seed=1), synthetic(2, 20, 5, 1, seed=2)
+    pend[1]["obs"][4, 2] = np.inf  # an episode the run leaves out
+    for ep, task_id in [*((e, 8) for e in cart), *((e, 7) for e in pend)]:
+        ep["task"] = task_id
+    write_tdmpc2(tmp_path / "d" / "c.pt", cart + pend, TDMPC2_TASKS)
+
+    def no_regrowth(self: EpisodeReplay, n_rows: int) -> int:
+        raise AssertionError("the replay regrew while filling")
+
+    monkeypatch.setattr(EpisodeReplay, "_grow", no_regrowth)
+    cfg = load([f"task={TASK}", f"data_dir={tmp_path / 'd'}", "model_size=1"])
+    replay, summary = load_for_run(cfg)
+    assert summary == {"episodes": 3, "transitions": 60}
+    assert replay._rows == 3 * 21  # exactly the kept episodes' rows
+    assert "pendulum-swingup (2)" in capsys.readouterr().out
+
+    cart[2]["reward"][5] = np.nan  # a kept one: one line naming it
+    write_tdmpc2(tmp_path / "d" / "c.pt", cart + pend, TDMPC2_TASKS)
+    rc = main(["train", f"task={TASK}", f"data_dir={tmp_path / 'd'}", *TINY])
+    assert "reward of episode 2 holds NaN" in one_line_error(capsys, rc)
+
+
+def test_replay_reserve() -> None:
+    eps = synthetic(3, 10, 5, 1)
+    replay = EpisodeReplay(capacity=100, horizon=1, obs_shape=(5,), action_dim=1)
+    replay.reserve(30, 3)
+    assert replay._rows == 33
+    arrays = replay._obs
+    replay.add(eps)
+    assert replay._obs is arrays and replay.num_episodes == 3  # filled in place
+    replay.reserve(1000, 10)  # not empty: left as it is
+    assert replay._rows == 33
+    small = EpisodeReplay(capacity=20, horizon=1, obs_shape=(5,), action_dim=1)
+    small.reserve(1000, 5)  # at most `capacity` transitions are ever held
+    assert small._rows == 25
+
+
+def test_multitask_dataset_lacking_a_task_warns_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ldmpc.config import load
+    from ldmpc.datasets import load_for_run
+
+    cart = synthetic(2, 20, 5, 1)
+    for ep in cart:
+        ep["task"] = 8
+    write_tdmpc2(tmp_path / "d" / "c.pt", cart, TDMPC2_TASKS)
+    run = ["task=cartpole-balance,pendulum-swingup", f"data_dir={tmp_path / 'd'}", "model_size=1"]
+    _, summary = load_for_run(load(run))
+    assert summary == {"episodes": 2, "transitions": 40}
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"ldmpc: warning: data_dir={tmp_path / 'd'} holds no episode of 1 of this run's 2 "
+        "tasks: pendulum-swingup"
+    ]
