@@ -30,6 +30,9 @@ def plain_config(cfg: Any) -> SimpleNamespace:
     return cfg
 
 
+MAX_NONFINITE_STREAK = 100  # a run aborts after this many non-finite losses in a row (§4)
+
+
 class Agent:
     """Holds the world model, its two Adam optimizers, the Q scale, the acting RNG and counters."""
 

@@ -57,6 +57,7 @@ from actors.env_runner import (
 from actors.planner_module import PlannerModule, module_config, to_batch_major
 from actors.ray_init import init_ray
 from actors.replay_shard import ShardedReplay
+from ldmpc.agent import MAX_NONFINITE_STREAK
 from ldmpc.cadence import Every
 from ldmpc.envs.multitask import multitask_episode
 from ldmpc.errors import UserError
@@ -69,7 +70,6 @@ MAX_UPDATES_PER_ROUND = 32  # bounds one round of updates (SIGTERM / progress la
 SECONDS_PER_TRAINING_STEP = 0.5
 ASYNC_WAIT_S = 0.02  # async mode: how long a round with nothing to learn waits for samples
 SAMPLE_TAG = "sample"  # tag of async sample requests
-MAX_NONFINITE_STREAK = 100  # abort after this many non-finite losses in a row (DESIGN.md §4)
 
 
 @dataclass
@@ -645,17 +645,10 @@ class Evaluator:
         self.agent = Agent(cfg, resolve_device(cfg.device))
 
     def __call__(self, algo: LdmpcAlgorithm, step: int) -> dict[str, float]:
-        from ldmpc.evaluate import eval_seed, evaluate
+        from ldmpc.evaluate import evaluate_at
 
         self.agent.load_state_dict(algo.agent_weights())
-        video = os.path.join(self.cfg.run_dir, "videos", f"step_{step}")
-        return evaluate(
-            self.agent,
-            self.cfg,
-            self.cfg.eval_episodes,
-            seed=eval_seed(self.cfg),
-            video_dir=video if self.cfg.save_video else None,
-        )
+        return evaluate_at(self.agent, self.cfg, step)
 
 
 def replay_dir(cfg: DictConfig) -> str:

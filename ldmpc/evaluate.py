@@ -110,6 +110,13 @@ def evaluate(
     return result
 
 
+def evaluate_at(agent: Any, cfg: DictConfig, step: int) -> dict[str, float]:
+    """A training run's periodic evaluation (online or offline): `eval_episodes` on the eval
+    seeds, videos under <run_dir>/videos/step_<step> when save_video."""
+    video = os.path.join(cfg.run_dir, "videos", f"step_{step}") if cfg.save_video else None
+    return evaluate(agent, cfg, cfg.eval_episodes, seed=eval_seed(cfg), video_dir=video)
+
+
 def _per_task(
     cfg: DictConfig, env_task: np.ndarray, returns: np.ndarray, success: np.ndarray
 ) -> dict[str, float]:

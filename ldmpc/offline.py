@@ -17,11 +17,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from ldmpc.agent import MAX_NONFINITE_STREAK
 from ldmpc.cadence import Every
 from ldmpc.errors import UserError
+from ldmpc.evaluate import evaluate_at
 
 LOG_EVERY = 100  # updates per offline.csv row (and progress refresh)
-MAX_NONFINITE_STREAK = 100  # as the online run: abort after this many non-finite losses in a row
 LOSS_FIELDS = [
     "step",
     "elapsed_s",
@@ -93,7 +94,7 @@ def run_offline(cfg: DictConfig) -> dict[str, Any]:
         with GracefulExit() as stop:
             while True:
                 if not stop.requested and evals.due(step):
-                    last_eval = _evaluate(agent, cfg, step)
+                    last_eval = evaluate_at(agent, cfg, step)
                     log.log_eval(step, last_eval)
                 if step >= cfg.steps or stop.requested:
                     break
@@ -119,13 +120,6 @@ def run_offline(cfg: DictConfig) -> dict[str, Any]:
         "interrupted": stop.requested,
         "checkpoint": str(path) if path else None,
     }
-
-
-def _evaluate(agent: Any, cfg: DictConfig, step: int) -> dict[str, float]:
-    from ldmpc.evaluate import eval_seed, evaluate
-
-    video = os.path.join(cfg.run_dir, "videos", f"step_{step}") if cfg.save_video else None
-    return evaluate(agent, cfg, cfg.eval_episodes, seed=eval_seed(cfg), video_dir=video)
 
 
 def _check_nonfinite(agent: Any, cfg: DictConfig) -> None:
