@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from actors.ray_init import SHIELD_ENV
 from ldmpc.checkpoint import load_checkpoint
 
 TINY = [
@@ -45,14 +46,23 @@ def _remove_ray_dirs() -> Iterator[None]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _train(tmp: Path, *extra: str) -> subprocess.Popen[str]:
+def _train(tmp: Path, *extra: str, own_group: bool = False) -> subprocess.Popen[str]:
+    """`ldmpc train` with its own Ray temp dir; own_group: in a new session and process group,
+    with the Ray shield on, as a batch job would run it."""
     # Ray's socket paths must stay under 107 bytes: a short temp dir, not pytest's deep one.
     ray_tmp = tempfile.mkdtemp(prefix="ldray", dir="/tmp")
     _RAY_DIRS.append(ray_tmp)
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    if own_group:
+        env[SHIELD_ENV] = "1"
     args = [sys.executable, "-m", "ldmpc.cli", "train", *TINY, f"work_dir={tmp / 'runs'}", *extra]
     return subprocess.Popen(
-        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        args,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=own_group,
     )
 
 
@@ -84,3 +94,20 @@ def test_sigterm_writes_final_checkpoint_and_resume_continues(tmp_path: Path) ->
     with open(run_dir / "train.csv", newline="") as fh:
         steps = [int(float(r["step"])) for r in csv.DictReader(fh)]
     assert steps == sorted(steps) and steps[-1] > stopped_at  # the curve continues, no restart
+
+
+def test_sigterm_to_the_whole_process_group_still_checkpoints(tmp_path: Path) -> None:
+    """`timeout`/scancel signal every process of the job: Ray's own processes (GCS, raylet, a
+    remote runner and a replay shard here) must outlive the driver's final checkpoint."""
+    run_dir = tmp_path / "runs" / "cartpole-swingup" / "1" / "default"
+    remote = ["num_env_runners=1", "replay_shards=1", "num_cpus_per_env_runner=0.5"]
+    proc = _train(tmp_path, "steps=1000000", *remote, own_group=True)
+    _wait_for(run_dir / "train.csv", proc, timeout=240)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "SIGTERM: checkpoint" in out, out
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+    assert int(ckpt["counters"]["env_steps"]) >= 500
+    left = subprocess.run(["pgrep", "-f", _RAY_DIRS[-1]], capture_output=True, text=True).stdout
+    assert not left, f"Ray processes outlived the run: {left}"
