@@ -13,7 +13,10 @@ diffusion proposals. Every budget plans with the same weights, on the same eval 
 
 It prints eval return, world-model evaluations per decision (`model_evals_per_decision`) and ms
 per decision (timed alternately, medians), and the ratios to `full`. The issue's target: the
-baseline's return with >= 5x fewer model evaluations.
+baseline's return with >= 5x fewer model evaluations. So when the A/B's `baseline` run (same
+task, seed and budget, no proposals) has a checkpoint at the same step, one more row,
+`baseline-full`, plays that agent with the full MPPI budget on the same seeds, and every row gets
+`return_vs_baseline`. The step is the newest one both runs checkpointed (PB_STEP picks another).
 """
 
 from __future__ import annotations
@@ -38,13 +41,30 @@ BUDGETS = {
 }  # fmt: skip
 
 
-def checkpoint_and_args() -> tuple[Path, list[str]]:
+def _steps(run: Path) -> set[int]:
+    return {int(p.stem.split("_")[1]) for p in (run / "checkpoints").glob("step_*.pt")}
+
+
+def checkpoint_and_args() -> tuple[Path, list[str], Path | None, list[str]]:
+    """(proposals checkpoint, its args, the baseline's checkpoint at the same step or None, its
+    args)."""
     if os.environ.get("PB_CHECKPOINT"):
-        return Path(os.environ["PB_CHECKPOINT"]), shlex.split(os.environ.get("PB_ARGS", ""))
+        return (
+            Path(os.environ["PB_CHECKPOINT"]),
+            shlex.split(os.environ.get("PB_ARGS", "")),
+            None,
+            [],
+        )
     task = os.environ.get("PB_TASK", "cartpole-swingup")
     steps = int(os.environ.get("AB_STEPS", 2000 if quick() else 30_000))
-    args = run_args(task, "proposals", 1, steps)
-    return run_dir(args) / "checkpoints" / "latest.pt", args
+    args, base_args = run_args(task, "proposals", 1, steps), run_args(task, "baseline", 1, steps)
+    run, base_run = run_dir(args), run_dir(base_args)
+    common = _steps(run) & _steps(base_run)
+    step = int(os.environ.get("PB_STEP", max(common, default=0)))
+    if step not in common:
+        return run / "checkpoints" / "latest.pt", args, None, base_args
+    name = f"step_{step}.pt"
+    return run / "checkpoints" / name, args, base_run / "checkpoints" / name, base_args
 
 
 def _decision(agent: Any, obs: torch.Tensor) -> Any:
@@ -56,7 +76,7 @@ def main() -> None:
     from ldmpc.evaluate import eval_seed, evaluate, load_agent
     from ldmpc.planner import model_evals_per_decision
 
-    ckpt, base = checkpoint_and_args()
+    ckpt, base, baseline_ckpt, baseline_args = checkpoint_and_args()
     if not ckpt.exists():
         print(f"no checkpoint {ckpt} (under {ROOT}): train the proposals variant first")
         return
@@ -65,6 +85,10 @@ def main() -> None:
     for name, extra in BUDGETS.items():
         cfg = load([*base, "proposal=both", *extra, f"checkpoint={ckpt}", "progress=false"])
         agents[name] = (cfg, load_agent(cfg)[0])
+    if baseline_ckpt is not None:
+        extra = [*BUDGETS["full"], f"checkpoint={baseline_ckpt}", "progress=false"]
+        cfg = load([*baseline_args, *extra])
+        agents["baseline-full"] = (cfg, load_agent(cfg)[0])
     cfg0, agent0 = agents["full"]
     obs = random_obs(cfg0, 1, agent0.device)
     ms = interleaved_ms(
@@ -84,10 +108,17 @@ def main() -> None:
             "threads": torch.get_num_threads(),
         })  # fmt: skip
     full = rows[0]
+    baseline = rows[-1] if baseline_ckpt is not None else None
     for row in rows:
         row["evals_vs_full"] = row["model_evals"] / full["model_evals"]
         row["ms_vs_full"] = row["ms_per_decision"] / full["ms_per_decision"]
+        if baseline is not None:
+            row["return_vs_baseline"] = row["return"] / baseline["return"]
     print(f"checkpoint: {ckpt}; {episodes} eval episodes per budget")
+    if baseline_ckpt is None:
+        print("no baseline checkpoint at the same step: no return_vs_baseline column")
+    else:
+        print(f"baseline-full: {baseline_ckpt}")
     print(table(rows))
     print(f"rows appended to {append_rows('plan_budget', rows)}")
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from ldmpc.envs import make_vector_env
+from ldmpc.envs import make_vector_env, vector_of
 
 EVAL_SEED_OFFSET = 10_000  # eval envs never share seeds with the training envs
 
@@ -43,8 +43,6 @@ def _eval_envs(cfg: DictConfig, episodes: int, seed: int) -> tuple[Any, np.ndarr
     per evaluated task (multitask: fixed-task `MultitaskEnv`s, padded like training's)."""
     if not cfg.multitask:
         return make_vector_env(cfg.task, episodes, seed, obs=cfg.obs), np.zeros(episodes, int)
-    from gymnasium.vector import AutoresetMode, SyncVectorEnv
-
     from ldmpc.envs.multitask import MultitaskEnv
 
     tasks = np.repeat(eval_task_ids(cfg), episodes)
@@ -55,7 +53,7 @@ def _eval_envs(cfg: DictConfig, episodes: int, seed: int) -> tuple[Any, np.ndarr
         )
         for i, t in enumerate(tasks)
     ]  # fmt: skip
-    return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP), tasks
+    return vector_of(fns), tasks
 
 
 def normalized_score(metric: str, ret: np.ndarray, success: np.ndarray) -> np.ndarray:

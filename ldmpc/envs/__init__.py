@@ -19,6 +19,8 @@ from ldmpc.errors import UserError
 from ldmpc.tasks import TaskSpec, resolve_tasks
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import gymnasium
 
 OBS_TYPES = ("state", "rgb")
@@ -96,7 +98,12 @@ def make_vector_env(
     if num_envs < 1:
         raise UserError(f"num_envs must be >= 1, got {num_envs}")
     _single_task(task)  # fail with one line before building anything
+    return vector_of([functools.partial(make_env, task, seed + i, obs) for i in range(num_envs)])
+
+
+def vector_of(env_fns: list[Callable[[], gymnasium.Env]]) -> gymnasium.vector.VectorEnv:
+    """The in-process vector env every ldmpc loop steps: SAME_STEP autoreset (final observations
+    in `info["final_obs"]`, the next episode's first observation in `obs`)."""
     from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-    fns = [functools.partial(make_env, task, seed + i, obs) for i in range(num_envs)]
-    return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    return SyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
