@@ -188,6 +188,8 @@ def test_asha_sweep_of_two_trials(
         assert (exp / trial / "mw-reach" / "1" / "default" / "eval.csv").is_file()
 
 
+# ~1.5 min of a 2-core `make test`: `make bench` runs it; the ASHA sweep above stays in `make test`
+@pytest.mark.slow
 def test_pbt_sweep_clones_checkpoints_with_mutated_lr(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], ray_tmp: None
 ) -> None:
