@@ -108,14 +108,14 @@ def main() -> None:
             "threads": torch.get_num_threads(),
         })  # fmt: skip
     full = rows[0]
-    baseline = rows[-1] if baseline_ckpt is not None else None
+    baseline = next((r for r in rows if r["budget"] == "baseline-full"), None)
     for row in rows:
         row["evals_vs_full"] = row["model_evals"] / full["model_evals"]
         row["ms_vs_full"] = row["ms_per_decision"] / full["ms_per_decision"]
         if baseline is not None:
             row["return_vs_baseline"] = row["return"] / baseline["return"]
     print(f"checkpoint: {ckpt}; {episodes} eval episodes per budget")
-    if baseline_ckpt is None:
+    if baseline is None:
         print("no baseline checkpoint at the same step: no return_vs_baseline column")
     else:
         print(f"baseline-full: {baseline_ckpt}")

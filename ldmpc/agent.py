@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ldmpc.compile import maybe_compile
 from ldmpc.envs.multitask import split_task_obs
+from ldmpc.errors import UserError
 from ldmpc.losses import Batch, RunningScale, total_loss
 from ldmpc.planner import plan, sample_noise
 from ldmpc.world_model import WorldModel
@@ -31,6 +32,16 @@ def plain_config(cfg: Any) -> SimpleNamespace:
 
 
 MAX_NONFINITE_STREAK = 100  # a run aborts after this many non-finite losses in a row (§4)
+
+
+def check_nonfinite_streak(streak: float, lr: float, suspects: str) -> None:
+    """One line (UserError) once `streak` non-finite losses in a row reach the limit: the
+    online and the offline loop skip such updates, but a run that only skips has diverged."""
+    if streak >= MAX_NONFINITE_STREAK:
+        raise UserError(
+            f"{int(streak)} non-finite losses in a row: training diverged "
+            f"(lower lr={lr} or check {suspects})"
+        )
 
 
 class Agent:

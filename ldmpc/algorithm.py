@@ -57,7 +57,7 @@ from actors.env_runner import (
 from actors.planner_module import PlannerModule, module_config, to_batch_major
 from actors.ray_init import init_ray
 from actors.replay_shard import ShardedReplay
-from ldmpc.agent import MAX_NONFINITE_STREAK
+from ldmpc.agent import check_nonfinite_streak
 from ldmpc.cadence import Every
 from ldmpc.envs.multitask import multitask_episode
 from ldmpc.errors import UserError
@@ -376,11 +376,7 @@ class LdmpcAlgorithm(Algorithm):
 
     def _check_nonfinite(self) -> None:
         streak = self.metrics.peek((LEARNER_RESULTS, NONFINITE_STREAK), default=0)
-        if streak >= MAX_NONFINITE_STREAK:
-            raise UserError(
-                f"{int(streak)} non-finite losses in a row: training diverged "
-                f"(lower lr={self.cfg.lr} or check the env's rewards/observations)"
-            )
+        check_nonfinite_streak(streak, self.cfg.lr, "the env's rewards/observations")
 
     def _sync_weights(self) -> None:
         """Send the learner's weights and their version to the env runners that act.

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from ldmpc.agent import MAX_NONFINITE_STREAK
+from ldmpc.agent import check_nonfinite_streak
 from ldmpc.cadence import Every
 from ldmpc.errors import UserError
 from ldmpc.evaluate import evaluate_at
@@ -91,6 +91,7 @@ def run_offline(cfg: DictConfig) -> dict[str, Any]:
     checkpoints = Every(cfg.checkpoint_freq, start, fire_at_start=False)
     step, last_eval, path = start, None, None
     try:
+        suspects = f"the dataset's rewards/observations in {cfg.data_dir}"  # for divergence
         with GracefulExit() as stop:
             while True:
                 if not stop.requested and evals.due(step):
@@ -102,7 +103,7 @@ def run_offline(cfg: DictConfig) -> dict[str, Any]:
                 info = agent.update(replay.sample(cfg.batch_size, device=device))
                 losses.add(info, time.perf_counter() - t)
                 step += 1
-                _check_nonfinite(agent, cfg)
+                check_nonfinite_streak(agent.counters["consecutive_skips"], cfg.lr, suspects)
                 if step % LOG_EVERY == 0 or step == cfg.steps:
                     log.progress(step, upd_s=losses.flush(step))
                 if checkpoints.due(step) and step < cfg.steps:  # the last one is written below
@@ -120,15 +121,6 @@ def run_offline(cfg: DictConfig) -> dict[str, Any]:
         "interrupted": stop.requested,
         "checkpoint": str(path) if path else None,
     }
-
-
-def _check_nonfinite(agent: Any, cfg: DictConfig) -> None:
-    streak = agent.counters["consecutive_skips"]
-    if streak >= MAX_NONFINITE_STREAK:
-        raise UserError(
-            f"{streak} non-finite losses in a row: training diverged (lower lr={cfg.lr} or "
-            f"check the dataset's rewards/observations in {cfg.data_dir})"
-        )
 
 
 def save(agent: Any, replay: Any, dataset: dict[str, Any], cfg: DictConfig, step: int) -> Any:

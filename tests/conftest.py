@@ -9,13 +9,15 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from actors.ray_init import SHIELD_ENV
+
 # One Ray auth token for the whole test process (and the `ldmpc` subprocesses it starts): a driver
 # keeps the token of its first ray.init, so a later local Ray started with another token fails
 # ("Failed to start GCS"). Set here, nothing is written to ~/.ray/auth_token.
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
 # Each local Ray the tests start stops ~4 s sooner without the SIGTERM shield
 # (actors/ray_init.py); test_train_signals.py turns it back on where it checks it.
-os.environ.setdefault("LDMPC_SHIELD_RAY", "0")
+os.environ.setdefault(SHIELD_ENV, "0")
 
 
 @pytest.fixture(autouse=True)
