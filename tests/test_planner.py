@@ -193,3 +193,36 @@ def test_cached_policy_rollout_equals_full_value_estimate() -> None:
     G, z_H = rollout(model, z, torch.cat([pi_actions, sampled], 1), cfg)  # the plain estimate
     full = bootstrap(model, G, z_H, term_eps, heads, cfg)
     torch.testing.assert_close(cached, full.squeeze(-1), atol=1e-5, rtol=1e-5)
+
+
+class KnownBest(PointMass):
+    """Reward -|a - best|^2 at every step; the "diffusion proposals" are copies of the best
+    sequence, as proposals that imitate the planner's own choices become."""
+
+    def true_reward(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return -(a - self.goal).square().sum(-1, keepdim=True)
+
+    def propose(self, z: torch.Tensor, noise: torch.Tensor, task: Any = None) -> torch.Tensor:
+        return self.goal.expand(noise.shape).clone()
+
+    def Q(self, z: torch.Tensor, a: torch.Tensor, task: Any = None, **kw: Any) -> Any:  # noqa: N802
+        return torch.zeros(*a.shape[:-1], 1)  # the bootstrap's random pi action must not rank
+
+
+def test_identical_best_proposals_do_not_collapse_the_exploration_std() -> None:
+    # 16 copies of the best sequence fill all 16 elite slots. Their own spread is 0, so the
+    # refit std fell to min_std; the Gaussians' refit must keep it (planner._own_candidates).
+    cfg = make_cfg(
+        "proposal=both", "num_diffusion_proposals=16", "num_samples=128", "num_elites=16",
+        "iterations=2", action_dim=2,
+    )  # fmt: skip
+    best = torch.tensor([0.3, -0.2])
+    model, E = KnownBest(cfg, best), 8
+    z, first = torch.zeros(E, 2), torch.ones(E, dtype=torch.bool)
+    noise = sample_noise(cfg, E, "cpu", torch.Generator().manual_seed(0))
+    a_eval, _ = plan(model, z, None, first, cfg, eval_mode=True, noise=noise)
+    a_train, _ = plan(model, z, None, first, cfg, eval_mode=False, noise=noise)
+    torch.testing.assert_close(a_eval, best.expand(E, 2))  # the proposals still win
+    inside = a_train.abs() < 1.0  # unclamped: a_train = a_eval + std * final
+    std = ((a_train - a_eval) / noise.final)[inside]
+    assert inside.sum() >= E and (std > 3 * cfg.min_std).all(), std
