@@ -6,7 +6,14 @@ Every run is `ldmpc train` at the `make train` budget with checkpoints under
 benchmarks/results/diffusion_ab/, so a second invocation continues where the first stopped.
 It then writes, next to the runs: ab_table.csv and ab_table.md (final and best eval return,
 wall time, steps/s, and the 1-step and H-step latent prediction error of each model on fresh
-held-out episodes) and ab_curves.png (every eval curve).
+held-out episodes) and ab_curves.png (every eval curve), and ab_summary.md: the issue's
+acceptance check, per variant, on the normalized score (TD-MPC2's: return / 10, or success x 100)
+against the baseline of the same task and seed.
+
+The score of a run is its mean over the evals of the last third of the run (20k-30k of 30k: five
+evals), not its final eval alone: a single eval point swings by 10-40% here (cup-catch went 950
+-> 411 -> 763 in three evals). Target (issue 7): mean score >= 1.05 x the baseline's, and no task
+below 0.95 x its baseline.
 
 Prediction error: each trained agent plays `HELDOUT_EPISODES` new episodes (eval mode, a seed
 no run trained on); for every window of H+1 steps the model predicts the encoder latent of
@@ -37,6 +44,8 @@ VARIANTS = {
 }
 HELDOUT_EPISODES = 2
 HELDOUT_SEED = 777_777
+LATE_FRACTION = 1 / 3  # the score averages the evals of this last part of the run
+TARGET_MEAN, TARGET_TASK = 1.05, 0.95  # issue 7: +5 % mean score, never worse than -5 % a task
 ROOT = Path(os.environ.get("AB_ROOT", RESULTS / "diffusion_ab"))
 
 
@@ -179,6 +188,7 @@ def main() -> None:
                     "steps": int(last.get("step", 0)),
                     "final_return": last.get("episode_reward", float("nan")),
                     "best_return": max((r["episode_reward"] for r in evals), default=float("nan")),
+                    "score": late_score(task, evals, steps),
                     "wall_min": last.get("elapsed_s", float("nan")) / 60,
                     "exit_code": code,
                     **evaluate_run(args, rdir),
@@ -190,9 +200,63 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     (ROOT / "ab_table.md").write_text(_markdown(rows))
+    summary = summarize(rows)
+    print(summary)
+    (ROOT / "ab_summary.md").write_text(summary)
     plot(curves, ROOT / "ab_curves.png")
     append_rows("diffusion_ab", rows)
     print(f"table: {ROOT / 'ab_table.md'}; curves: {ROOT / 'ab_curves.png'}")
+
+
+def late_score(task: str, evals: list[dict[str, float]], steps: int) -> float:
+    """Normalized score of a run: the mean over its evals at steps >= (1 - LATE_FRACTION) x
+    `steps` (nan when the run has not got there yet)."""
+    from ldmpc.evaluate import normalized_score
+    from ldmpc.tasks import get_task
+
+    late = [r for r in evals if r["step"] >= round((1 - LATE_FRACTION) * steps)]
+    if not late:
+        return float("nan")
+    ret = np.array([r["episode_reward"] for r in late])
+    success = np.array([r.get("episode_success", 0.0) for r in late])
+    return float(normalized_score(get_task(task).metric, ret, success).mean())
+
+
+def summarize(rows: list[dict[str, Any]]) -> str:
+    """Markdown: per variant, each task's score / its baseline's (same seed), the mean scores
+    and the verdict against the issue's targets. Tasks without a finished baseline are left
+    out (said in the table)."""
+    base = {(r["task"], r["seed"]): r["score"] for r in rows if r["variant"] == "baseline"}
+    lines = [
+        f"Score: mean normalized eval score over the last {LATE_FRACTION:.0%} of each run. "
+        f"Target: mean >= {TARGET_MEAN:.2f} x baseline, every task >= {TARGET_TASK:.2f} x.",
+        "",
+        "| variant | score / baseline per task | mean score | baseline mean | ratio | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for variant in dict.fromkeys(r["variant"] for r in rows if r["variant"] != "baseline"):
+        pairs = [
+            (r, base.get((r["task"], r["seed"]), float("nan")))
+            for r in rows
+            if r["variant"] == variant
+        ]
+        measured = [np.isfinite(r["score"]) and np.isfinite(b) and b > 0 for r, b in pairs]
+        done = [p for p, ok in zip(pairs, measured) if ok]
+        missing = [f"{r['task']}/s{r['seed']}" for (r, _), ok in zip(pairs, measured) if not ok]
+        ratios = [r["score"] / b for r, b in done]
+        cells = [f"{r['task']}/s{r['seed']} {q:.2f}" for (r, _), q in zip(done, ratios)]
+        cells += [f"{m}: no score yet" for m in missing]
+        if not done:
+            lines.append(f"| {variant} | {'; '.join(cells)} | - | - | - | not measured |")
+            continue
+        mean, bmean = np.mean([r["score"] for r, _ in done]), np.mean([b for _, b in done])
+        met = mean >= TARGET_MEAN * bmean and min(ratios) >= TARGET_TASK
+        verdict = ("met" if met else "missed") + (" (partial)" if missing else "")
+        lines.append(
+            f"| {variant} | {'; '.join(cells)} | {mean:.1f} | {bmean:.1f} | "
+            f"{mean / bmean:.2f} | {verdict} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:

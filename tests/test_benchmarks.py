@@ -39,3 +39,35 @@ def test_plan_budget_pairs_the_baseline_checkpoint_of_the_same_step(tmp_path, mo
     monkeypatch.setenv("PB_STEP", "30000")
     ckpt, _, base_ckpt, _ = plan_budget.checkpoint_and_args()
     assert ckpt == runs["proposals"] / "checkpoints" / "latest.pt" and base_ckpt is None
+
+
+def test_ab_summary_scores_the_late_evals_and_checks_the_targets() -> None:
+    """The A/B verdict: the score averages the evals of the last third only, is normalized like
+    TD-MPC2's (return / 10; success x 100 for success tasks), and a variant meets the target only
+    with mean >= 1.05 x baseline and no task below 0.95 x."""
+    from benchmarks.diffusion_ab import late_score, summarize
+
+    evals = [{"step": s, "episode_reward": r} for s, r in ((0, 0.0), (10, 900.0), (20, 500.0))]
+    evals += [{"step": 30, "episode_reward": 700.0}]
+    assert late_score("cartpole-swingup", evals, 30) == pytest.approx(60.0)  # (500 + 700) / 2 / 10
+    assert (
+        late_score("mw-reach", [{"step": 30, "episode_reward": 5.0, "episode_success": 0.5}], 30)
+        == 50.0
+    )
+    assert late_score("cup-catch", evals[:2], 30) != late_score("cup-catch", evals[:2], 30)  # nan
+
+    def row(task: str, variant: str, score: float) -> dict:
+        return {"task": task, "variant": variant, "seed": 1, "score": score}
+
+    rows = [row("a", "baseline", 50.0), row("b", "baseline", 80.0)]
+    rows += [row("a", "up", 60.0), row("b", "up", 80.0)]  # mean 70 vs 65: +7.7 %, no task worse
+    rows += [row("a", "mixed", 75.0), row("b", "mixed", 72.0)]  # mean +13 %, but b at 0.90
+    rows += [row("a", "half", 60.0), row("b", "half", float("nan"))]  # b still running
+    rows += [row("c", "orphan", 10.0)]  # no baseline for c
+    lines = {
+        ln.split(" | ")[0][2:]: ln for ln in summarize(rows).splitlines() if ln.startswith("| ")
+    }
+    assert "| 1.08 | met |" in lines["up"]
+    assert "b/s1 0.90" in lines["mixed"] and lines["mixed"].endswith("| missed |")
+    assert "b/s1: no score yet" in lines["half"] and lines["half"].endswith("| met (partial) |")
+    assert lines["orphan"].endswith("| not measured |")
