@@ -14,9 +14,10 @@ diffusion proposals. Every budget plans with the same weights, on the same eval 
 It prints eval return, world-model evaluations per decision (`model_evals_per_decision`) and ms
 per decision (timed alternately, medians), and the ratios to `full`. The issue's target: the
 baseline's return with >= 5x fewer model evaluations. So when the A/B's `baseline` run (same
-task, seed and budget, no proposals) has a checkpoint at the same step, one more row,
+task, seed and budget, no proposals) has a checkpoint at the same step, two more rows:
 `baseline-full`, plays that agent with the full MPPI budget on the same seeds, and every row gets
-`return_vs_baseline`. The step is the newest one both runs checkpointed (PB_STEP picks another).
+`return_vs_baseline` (to that row); `baseline-train` plays it with the `make train` budget it was
+trained with. The step is the newest one both runs checkpointed (PB_STEP picks another).
 """
 
 from __future__ import annotations
@@ -86,9 +87,10 @@ def main() -> None:
         cfg = load([*base, "proposal=both", *extra, f"checkpoint={ckpt}", "progress=false"])
         agents[name] = (cfg, load_agent(cfg)[0])
     if baseline_ckpt is not None:
-        extra = [*BUDGETS["full"], f"checkpoint={baseline_ckpt}", "progress=false"]
-        cfg = load([*baseline_args, *extra])
-        agents["baseline-full"] = (cfg, load_agent(cfg)[0])
+        for budget in ("full", "train"):
+            extra = [*BUDGETS[budget], f"checkpoint={baseline_ckpt}", "progress=false"]
+            cfg = load([*baseline_args, *extra])
+            agents[f"baseline-{budget}"] = (cfg, load_agent(cfg)[0])
     cfg0, agent0 = agents["full"]
     obs = random_obs(cfg0, 1, agent0.device)
     ms = interleaved_ms(
