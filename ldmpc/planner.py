@@ -445,7 +445,9 @@ def _own_candidates(noise: PlanNoise, device: torch.device) -> torch.Tensor | No
     P, D, G = noise.pi_eps.shape[1], noise.prop.shape[1], noise.act.shape[2]
     if D == 0 or P + G == 0:
         return None
-    return torch.cat([torch.arange(P), torch.arange(P + D, P + D + G)]).to(device)
+    # built on the device (no host-to-device copy, which would sync a GPU stream)
+    ar = torch.arange(P + D + G, device=device)
+    return torch.cat([ar[:P], ar[P + D :]])
 
 
 def _rank(
