@@ -17,7 +17,8 @@ baseline's return with >= 5x fewer model evaluations. So when the A/B's `baselin
 task, seed and budget, no proposals) has a checkpoint at the same step, two more rows:
 `baseline-full`, plays that agent with the full MPPI budget on the same seeds, and every row gets
 `return_vs_baseline` (to that row); `baseline-train` plays it with the `make train` budget it was
-trained with. The step is the newest one both runs checkpointed (PB_STEP picks another).
+trained with. The step is the newest one both runs checkpointed (PB_STEP picks another);
+PB_EPISODES eval episodes per budget (default 10).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def main() -> None:
     if not ckpt.exists():
         print(f"no checkpoint {ckpt} (under {ROOT}): train the proposals variant first")
         return
-    episodes = 2 if quick() else 10
+    episodes = int(os.environ.get("PB_EPISODES", 2 if quick() else 10))
     agents: dict[str, tuple[Any, Any]] = {}
     for name, extra in BUDGETS.items():
         cfg = load([*base, "proposal=both", *extra, f"checkpoint={ckpt}", "progress=false"])
