@@ -200,7 +200,7 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     (ROOT / "ab_table.md").write_text(_markdown(rows))
-    summary = summarize(rows)
+    summary = summarize([*rows, *baselines_on_disk(rows, steps)])
     print(summary)
     (ROOT / "ab_summary.md").write_text(summary)
     plot(curves, ROOT / "ab_curves.png")
@@ -220,6 +220,19 @@ def late_score(task: str, evals: list[dict[str, float]], steps: int) -> float:
     ret = np.array([r["episode_reward"] for r in late])
     success = np.array([r.get("episode_success", 0.0) for r in late])
     return float(normalized_score(get_task(task).metric, ret, success).mean())
+
+
+def baselines_on_disk(rows: list[dict[str, Any]], steps: int) -> list[dict[str, Any]]:
+    """Score rows of the baseline runs this invocation did not run (AB_VARIANTS without
+    baseline), read from their eval.csv, so that every variant is still compared."""
+    have = {(r["task"], r["seed"]) for r in rows if r["variant"] == "baseline"}
+    out = []
+    for task, seed in dict.fromkeys((r["task"], r["seed"]) for r in rows):
+        if (task, seed) not in have:
+            evals = eval_rows(run_dir(run_args(task, "baseline", seed, steps)))
+            score = late_score(task, evals, steps)
+            out.append({"task": task, "variant": "baseline", "seed": seed, "score": score})
+    return out
 
 
 def summarize(rows: list[dict[str, Any]]) -> str:

@@ -71,3 +71,16 @@ def test_ab_summary_scores_the_late_evals_and_checks_the_targets() -> None:
     assert "b/s1 0.90" in lines["mixed"] and lines["mixed"].endswith("| missed |")
     assert "b/s1: no score yet" in lines["half"] and lines["half"].endswith("| met (partial) |")
     assert lines["orphan"].endswith("| not measured |")
+
+
+def test_ab_summary_reads_the_baselines_it_did_not_run(tmp_path, monkeypatch) -> None:
+    """`AB_VARIANTS=proposals` still compares with the baseline run already on disk."""
+    from benchmarks import diffusion_ab
+
+    (tmp_path / "eval.csv").write_text("step,episode_reward\n0,10\n20,600\n30,800\n")
+    monkeypatch.setattr(diffusion_ab, "run_dir", lambda args: tmp_path)
+    rows = [{"task": "cartpole-swingup", "variant": "proposals", "seed": 1, "score": 77.0}]
+    (base,) = diffusion_ab.baselines_on_disk(rows, 30)
+    assert base["variant"] == "baseline" and base["score"] == pytest.approx(70.0)
+    assert "| 1.10 | met |" in diffusion_ab.summarize([*rows, base])
+    assert diffusion_ab.baselines_on_disk([*rows, base], 30) == []
