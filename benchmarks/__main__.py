@@ -24,9 +24,15 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    from ldmpc.errors import UserError
+
     for name in names:
         print(f"=== benchmark {name} ===", flush=True)
-        importlib.import_module(f"benchmarks.{name}").main()
+        try:
+            importlib.import_module(f"benchmarks.{name}").main()
+        except UserError as err:  # a bad knob (e.g. AB_STEPS=abc): one line, exit 2
+            print(f"{name}: {err}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -24,6 +24,20 @@ def quick() -> bool:
     return os.environ.get("QUICK", "") not in ("", "0")
 
 
+def env_int(name: str, default: int) -> int:
+    """An integer knob from the environment (AB_STEPS, PB_EPISODES, ...); a value that is not
+    an integer is one line (UserError, exit 2 from `python -m benchmarks`), not a traceback."""
+    from ldmpc.errors import UserError
+
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise UserError(f"{name}={raw!r}: expected an integer") from None
+
+
 def interleaved_ms(
     fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2
 ) -> dict[str, float]:

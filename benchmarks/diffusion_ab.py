@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, append_rows, quick, table
+from benchmarks.common import RESULTS, append_rows, env_int, quick, table
 from benchmarks.learning import make_train_budget
 
 VARIANTS = {
@@ -173,7 +173,7 @@ def main() -> None:
     tasks = _env_list("AB_TASKS", "cartpole-swingup,cup-catch")
     seeds = [int(s) for s in _env_list("AB_SEEDS", "1")]
     variants = _env_list("AB_VARIANTS", ",".join(VARIANTS))
-    steps = int(os.environ.get("AB_STEPS", 2000 if quick() else 30_000))
+    steps = env_int("AB_STEPS", 2000 if quick() else 30_000)
     rows, curves = [], {}
     for task in tasks:
         for seed in seeds:

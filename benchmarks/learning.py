@@ -8,14 +8,13 @@ prints the eval curve beside TD-MPC2's public returns at the same steps (DESIGN.
 from __future__ import annotations
 
 import csv
-import os
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.common import RESULTS, append_rows, quick, table
+from benchmarks.common import RESULTS, append_rows, env_int, quick, table
 
 MAKEFILE = Path(__file__).resolve().parents[1] / "Makefile"
 
@@ -44,7 +43,7 @@ TDMPC2_CARTPOLE = {100_000: 839, 200_000: 872, 500_000: 876, 1_000_000: 876}
 
 
 def target_steps() -> int:
-    return int(os.environ.get("LEARNING_STEPS", 5000 if quick() else 100_000))
+    return env_int("LEARNING_STEPS", 5000 if quick() else 100_000)
 
 
 def run_args(steps: int) -> list[str]:

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import append_rows, quick, table
+from benchmarks.common import append_rows, env_int, quick, table
 from benchmarks.diffusion_ab import ROOT, eval_rows, run_args, train
 
 DEFAULT_TASKS = "cartpole-swingup,cup-catch,pendulum-swingup"
@@ -27,8 +27,8 @@ DEFAULT_TASKS = "cartpole-swingup,cup-catch,pendulum-swingup"
 
 def settings() -> tuple[list[str], int, int, list[str]]:
     tasks = [t for t in os.environ.get("MT_TASKS", DEFAULT_TASKS).split(",") if t]
-    steps = int(os.environ.get("MT_STEPS", 1000 if quick() else 20_000))
-    seed = int(os.environ.get("MT_SEED", "1"))
+    steps = env_int("MT_STEPS", 1000 if quick() else 20_000)
+    seed = env_int("MT_SEED", 1)
     parts = os.environ.get("MT_PARTS", "single,multitask").split(",")
     return tasks, steps, seed, parts
 
@@ -42,7 +42,7 @@ def multitask_args(tasks: list[str], steps: int, seed: int) -> list[str]:
 
 def single_args(task: str, steps: int, seed: int) -> list[str]:
     """diffusion_ab's baseline run of `task` (at least `steps` long)."""
-    ab_steps = int(os.environ.get("AB_STEPS", 2000 if quick() else 30_000))
+    ab_steps = env_int("AB_STEPS", 2000 if quick() else 30_000)
     return run_args(task, "baseline", seed, max(steps, ab_steps))
 
 

@@ -30,7 +30,15 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import append_rows, interleaved_ms, quick, random_obs, sync, table
+from benchmarks.common import (
+    append_rows,
+    env_int,
+    interleaved_ms,
+    quick,
+    random_obs,
+    sync,
+    table,
+)
 from benchmarks.diffusion_ab import ROOT, run_args, run_dir
 
 BUDGETS = {
@@ -58,11 +66,11 @@ def checkpoint_and_args() -> tuple[Path, list[str], Path | None, list[str]]:
             [],
         )
     task = os.environ.get("PB_TASK", "cartpole-swingup")
-    steps = int(os.environ.get("AB_STEPS", 2000 if quick() else 30_000))
+    steps = env_int("AB_STEPS", 2000 if quick() else 30_000)
     args, base_args = run_args(task, "proposals", 1, steps), run_args(task, "baseline", 1, steps)
     run, base_run = run_dir(args), run_dir(base_args)
     common = _steps(run) & _steps(base_run)
-    step = int(os.environ.get("PB_STEP", max(common, default=0)))
+    step = env_int("PB_STEP", max(common, default=0))
     if step not in common:
         return run / "checkpoints" / "latest.pt", args, None, base_args
     name = f"step_{step}.pt"
@@ -82,7 +90,7 @@ def main() -> None:
     if not ckpt.exists():
         print(f"no checkpoint {ckpt} (under {ROOT}): train the proposals variant first")
         return
-    episodes = int(os.environ.get("PB_EPISODES", 2 if quick() else 10))
+    episodes = env_int("PB_EPISODES", 2 if quick() else 10)
     agents: dict[str, tuple[Any, Any]] = {}
     for name, extra in BUDGETS.items():
         cfg = load([*base, "proposal=both", *extra, f"checkpoint={ckpt}", "progress=false"])

@@ -84,3 +84,13 @@ def test_ab_summary_reads_the_baselines_it_did_not_run(tmp_path, monkeypatch) ->
     assert base["variant"] == "baseline" and base["score"] == pytest.approx(70.0)
     assert "| 1.10 | met |" in diffusion_ab.summarize([*rows, base])
     assert diffusion_ab.baselines_on_disk([*rows, base], 30) == []
+
+
+@pytest.mark.parametrize(("name", "var"), [("diffusion_ab", "AB_STEPS"), ("multitask", "MT_SEED")])
+def test_a_bad_benchmark_knob_is_one_line_and_exit_2(name: str, var: str, monkeypatch, capsys):
+    from benchmarks.__main__ import main
+
+    monkeypatch.setenv(var, "30k")
+    assert main([name]) == 2
+    err = capsys.readouterr().err
+    assert err == f"{name}: {var}='30k': expected an integer\n"
