@@ -1,7 +1,8 @@
 """The diffusion A/B: baseline vs dynamics=diffusion vs proposal=both vs both, same seeds.
 
 `python -m benchmarks diffusion_ab` (env: AB_TASKS=cartpole-swingup,cup-catch AB_STEPS=30000
-AB_SEEDS=1 AB_VARIANTS=baseline,diffusion,proposals,both AB_ROOT=<dir>; QUICK=1: 2k steps).
+AB_SEEDS=1 AB_VARIANTS=baseline,diffusion,proposals,both AB_ROOT=<dir>; QUICK=1: 2k steps;
+AB_TRAIN=0: train nothing, report the runs on disk as they are).
 Every run is `ldmpc train` at the `make train` budget with checkpoints under
 benchmarks/results/diffusion_ab/, so a second invocation continues where the first stopped.
 It then writes, next to the runs: ab_table.csv and ab_table.md (final and best eval return,
@@ -51,6 +52,16 @@ ROOT = Path(os.environ.get("AB_ROOT", RESULTS / "diffusion_ab"))
 
 def _env_list(name: str, default: str) -> list[str]:
     return [v for v in os.environ.get(name, default).split(",") if v]
+
+
+def _env_seeds() -> list[int]:
+    from ldmpc.errors import UserError
+
+    seeds = _env_list("AB_SEEDS", "1")
+    if not all(s.isdigit() for s in seeds):
+        raw = os.environ["AB_SEEDS"]
+        raise UserError(f"AB_SEEDS={raw!r}: expected an integer, or several separated by commas")
+    return [int(s) for s in seeds]
 
 
 def run_args(task: str, variant: str, seed: int, steps: int) -> list[str]:
@@ -163,7 +174,8 @@ def plot(curves: dict[str, list[dict[str, float]]], path: Path) -> None:
         ax.set_title(task)
         ax.set_xlabel("agent steps")
         ax.set_ylabel("eval return")
-        ax.legend(fontsize=7)
+        if ax.get_lines():
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -171,15 +183,16 @@ def plot(curves: dict[str, list[dict[str, float]]], path: Path) -> None:
 
 def main() -> None:
     tasks = _env_list("AB_TASKS", "cartpole-swingup,cup-catch")
-    seeds = [int(s) for s in _env_list("AB_SEEDS", "1")]
+    seeds = _env_seeds()
     variants = _env_list("AB_VARIANTS", ",".join(VARIANTS))
     steps = env_int("AB_STEPS", 2000 if quick() else 30_000)
+    train_runs = env_int("AB_TRAIN", 1) != 0
     rows, curves = [], {}
     for task in tasks:
         for seed in seeds:
             for variant in variants:
                 args = run_args(task, variant, seed, steps)
-                rdir, code = train(args)
+                rdir, code = train(args) if train_runs else (run_dir(args), "not run")
                 evals = eval_rows(rdir)
                 curves[f"{task}/{variant}/s{seed}"] = evals
                 last = evals[-1] if evals else {}
@@ -236,33 +249,37 @@ def baselines_on_disk(rows: list[dict[str, Any]], steps: int) -> list[dict[str, 
 
 
 def summarize(rows: list[dict[str, Any]]) -> str:
-    """Markdown: per variant, each task's score / its baseline's (same seed), the mean scores
-    and the verdict against the issue's targets. Tasks without a finished baseline are left
-    out (said in the table)."""
-    base = {(r["task"], r["seed"]): r["score"] for r in rows if r["variant"] == "baseline"}
+    """Markdown: per variant, each task's score / its baseline's, the mean scores and the verdict
+    against the issue's targets. A task's ratio is its mean score over the seeds where both the
+    variant and the baseline have one, over the baseline's mean on those seeds (same seeds, same
+    code); the mean score is the mean of those task means. Pairs without a score yet are listed
+    and make the verdict "(partial)"."""
+    score = {(r["task"], r["variant"], r["seed"]): r["score"] for r in rows}
     lines = [
         f"Score: mean normalized eval score over the last {LATE_FRACTION:.0%} of each run. "
         f"Target: mean >= {TARGET_MEAN:.2f} x baseline, every task >= {TARGET_TASK:.2f} x.",
         "",
-        "| variant | score / baseline per task | mean score | baseline mean | ratio | target |",
+        "| variant | per task: score / baseline (seeds) | mean | baseline mean | ratio | target |",
         "|---|---|---|---|---|---|",
     ]
     for variant in dict.fromkeys(r["variant"] for r in rows if r["variant"] != "baseline"):
-        pairs = [
-            (r, base.get((r["task"], r["seed"]), float("nan")))
-            for r in rows
-            if r["variant"] == variant
-        ]
-        measured = [np.isfinite(r["score"]) and np.isfinite(b) and b > 0 for r, b in pairs]
-        done = [p for p, ok in zip(pairs, measured) if ok]
-        missing = [f"{r['task']}/s{r['seed']}" for (r, _), ok in zip(pairs, measured) if not ok]
-        ratios = [r["score"] / b for r, b in done]
-        cells = [f"{r['task']}/s{r['seed']} {q:.2f}" for (r, _), q in zip(done, ratios)]
-        cells += [f"{m}: no score yet" for m in missing]
-        if not done:
+        cells, missing, means, bmeans, ratios = [], [], [], [], []
+        for task in dict.fromkeys(r["task"] for r in rows if r["variant"] == variant):
+            seeds = [r["seed"] for r in rows if r["variant"] == variant and r["task"] == task]
+            pairs = {s: (score[task, variant, s], score.get((task, "baseline", s), np.nan))
+                     for s in seeds}  # fmt: skip
+            done = {s: p for s, p in pairs.items() if np.isfinite(p).all() and p[1] > 0}
+            missing += [f"{task}/s{s}: no score yet" for s in seeds if s not in done]
+            if done:
+                means.append(np.mean([v for v, _ in done.values()]))
+                bmeans.append(np.mean([b for _, b in done.values()]))
+                ratios.append(means[-1] / bmeans[-1])
+                cells.append(f"{task} {ratios[-1]:.2f} (s{','.join(map(str, done))})")
+        cells += missing
+        if not ratios:
             lines.append(f"| {variant} | {'; '.join(cells)} | - | - | - | not measured |")
             continue
-        mean, bmean = np.mean([r["score"] for r, _ in done]), np.mean([b for _, b in done])
+        mean, bmean = float(np.mean(means)), float(np.mean(bmeans))
         met = mean >= TARGET_MEAN * bmean and min(ratios) >= TARGET_TASK
         verdict = ("met" if met else "missed") + (" (partial)" if missing else "")
         lines.append(
