@@ -217,7 +217,8 @@ def main() -> None:
     print(summary)
     (ROOT / "ab_summary.md").write_text(summary)
     plot(curves, ROOT / "ab_curves.png")
-    append_rows("diffusion_ab", rows)
+    if train_runs:  # a report of runs on disk adds nothing new to the history
+        append_rows("diffusion_ab", rows)
     print(f"table: {ROOT / 'ab_table.md'}; curves: {ROOT / 'ab_curves.png'}")
 
 

@@ -126,6 +126,9 @@ class Config:
     proposal_steps: int = _f(2, "sampler steps of the proposal denoiser (2-3 keep draws diverse)")
     diffusion_sampler: str = _f("euler", "diffusion sampler: euler (DDIM) | heun")
     diffusion_target: str = _f("v", "denoiser output: v | x0 (EDM preconditioning)")
+    diffusion_residual: bool = _f(
+        False, "diffusion dynamics generate z_t - z_0 (the change from the latent they start at)"
+    )
     diffusion_coef: float = _f(1.0, "weight of the dynamics denoising loss (dynamics=diffusion)")
     proposal_coef: float = _f(1.0, "weight of the proposal denoising loss (diffusion proposals)")
     scales: list[int] = _f(
@@ -604,6 +607,8 @@ def fingerprint(cfg: DictConfig) -> dict[str, Any]:
     fp = {k: (list(cfg[k]) if k == "obs_shape" else cfg[k]) for k in keys}
     if cfg.obs == "rgb":  # the conv encoder's width (absent from state checkpoints)
         fp["num_channels"] = cfg.num_channels
+    if cfg.dynamics == "diffusion" and cfg.diffusion_residual:  # absent from older checkpoints
+        fp["diffusion_residual"] = True
     if list(cfg.scales) != [1]:  # multi-scale denoiser shapes (absent from one-scale checkpoints)
         fp["scales"] = list(cfg.scales)
     if cfg.dynamics == "diffusion" or cfg.proposal != "policy":  # denoisers: one token per step

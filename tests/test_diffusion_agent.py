@@ -18,6 +18,8 @@ import torch
 
 from ldmpc import config
 from ldmpc.agent import Agent
+from ldmpc.diffusion.losses import denoising_loss
+from ldmpc.diffusion.tokens import action_tokens
 from ldmpc.errors import UserError
 from ldmpc.planner import (
     model_evals_per_decision,
@@ -336,3 +338,37 @@ def test_review_fixes_checkpoint_layout_and_validation() -> None:
     assert "horizon" not in config.fingerprint(make_cfg())
     heun = model_evals_per_decision(make_cfg("proposal=diffusion", "diffusion_sampler=heun"))
     assert heun["proposal"] == 6 * 3 * 3  # 2 steps of Heun: 3 denoiser calls
+
+
+def test_residual_dynamics_pass_z0_through_and_train_on_the_change() -> None:
+    """diffusion_residual=true diffuses z_t - z_0: with the denoiser's output zeroed and zero
+    noise the sample is z_0 itself (direct dynamics give the simplex centre), the denoising
+    target is the change from z_0, and the switch is part of the checkpoint fingerprint (an
+    older, direct checkpoint has no such key)."""
+    torch.manual_seed(0)
+    z0 = torch.softmax(torch.randn(5, 4, 8), -1).flatten(-2)  # [5, 32] on the simplex
+    acts = torch.rand(5, 3, 2) * 2 - 1
+    zero = torch.zeros(5, 3, 32)
+    outs = {}
+    for residual in (False, True):
+        cfg = make_cfg("dynamics=diffusion", f"diffusion_residual={str(residual).lower()}")
+        dyn = WorldModel(cfg).eval()._diff_dynamics  # zero-initialised output layer
+        with torch.no_grad():
+            outs[residual] = dyn.generate(z0, acts, zero)
+        # the denoising target is the replayed latent minus the origin (z_0 or 1/8)
+        targets = torch.softmax(torch.randn(5, 3, 4, 8), -1).flatten(-2)
+        ones = torch.ones(5, dtype=torch.long)
+        origin = z0[:, None] if residual else torch.tensor(1 / 8)
+        torch.manual_seed(1)
+        got = dyn.loss(z0, acts, targets, ones)
+        torch.manual_seed(1)
+        tokens = action_tokens(acts, ones, 3, 1)
+        want, _ = denoising_loss(dyn.schedule, dyn.net, targets - origin, cond=z0, tokens=tokens)
+        assert torch.equal(got, want)
+    assert torch.allclose(outs[True], z0[:, None].expand(-1, 3, -1), atol=1e-5)
+    assert torch.allclose(outs[False], torch.full_like(outs[False], 1 / 8), atol=1e-5)
+    assert config.fingerprint(make_cfg("dynamics=diffusion", "diffusion_residual=true"))[
+        "diffusion_residual"
+    ]
+    assert "diffusion_residual" not in config.fingerprint(make_cfg("dynamics=diffusion"))
+    assert "diffusion_residual" not in config.fingerprint(make_cfg("diffusion_residual=true"))
