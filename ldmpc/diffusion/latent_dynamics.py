@@ -53,7 +53,8 @@ class DiffusionDynamics(nn.Module):
         self.group, self.horizon = cfg.simnorm_dim, H
         self.max_scale = max(cfg.scales)
         self.steps, self.method = cfg.diffusion_steps, cfg.diffusion_sampler
-        self.residual, self.latent_dim = bool(cfg.diffusion_residual), L
+        # getattr: configs built before the switch existed (duck-typed or older) are direct
+        self.residual, self.latent_dim = bool(getattr(cfg, "diffusion_residual", False)), L
         self.schedule = EDMSchedule(
             sigma_data=RESIDUAL_SIGMA_DATA if self.residual else SIMPLEX_SIGMA_DATA,
             target=cfg.diffusion_target,
