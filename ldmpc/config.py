@@ -127,7 +127,7 @@ class Config:
     diffusion_sampler: str = _f("euler", "diffusion sampler: euler (DDIM) | heun")
     diffusion_target: str = _f("v", "denoiser output: v | x0 (EDM preconditioning)")
     diffusion_residual: bool = _f(
-        False, "diffusion dynamics generate z_t - z_0 (the change from the latent they start at)"
+        True, "diffusion dynamics generate z_t - z_0 (the change from the latent they start at)"
     )
     diffusion_coef: float = _f(1.0, "weight of the dynamics denoising loss (dynamics=diffusion)")
     proposal_coef: float = _f(1.0, "weight of the proposal denoising loss (diffusion proposals)")

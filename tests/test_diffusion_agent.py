@@ -112,10 +112,13 @@ def test_batched_plan_equals_per_env_plans(planner: str) -> None:
     noise = sample_noise(cfg, E, "cpu", torch.Generator().manual_seed(1))
     first = torch.ones(E, dtype=torch.bool)
     action, mean = plan(model, z, None, first, cfg, noise=noise)
+    # This random model's values reach ~500: float32 round-off of the batched matmuls (~1e-6
+    # relative) passes through the MPPI refit into the next iteration's candidates and ends
+    # near 4e-5 in the action. Mixing envs up would move it by ~0.1.
     for e in range(E):
         a_e, m_e = plan(model, z[e : e + 1], None, first[e : e + 1], cfg, noise=noise.select(e))
-        torch.testing.assert_close(a_e, action[e : e + 1], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(m_e, mean[e : e + 1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a_e, action[e : e + 1], atol=2e-4, rtol=1e-4)
+        torch.testing.assert_close(m_e, mean[e : e + 1], atol=2e-4, rtol=1e-4)
     assert action.shape == (E, 2) and action.abs().max() <= 1
 
 
@@ -370,5 +373,7 @@ def test_residual_dynamics_pass_z0_through_and_train_on_the_change() -> None:
     assert config.fingerprint(make_cfg("dynamics=diffusion", "diffusion_residual=true"))[
         "diffusion_residual"
     ]
-    assert "diffusion_residual" not in config.fingerprint(make_cfg("dynamics=diffusion"))
+    assert config.fingerprint(make_cfg("dynamics=diffusion"))["diffusion_residual"]  # default
+    direct = make_cfg("dynamics=diffusion", "diffusion_residual=false")
+    assert "diffusion_residual" not in config.fingerprint(direct)
     assert "diffusion_residual" not in config.fingerprint(make_cfg("diffusion_residual=true"))

@@ -12,13 +12,15 @@ onto the simplex by `to_simplex`: clip negatives, renormalise each group. That i
 for the near-simplex vectors a trained denoiser produces, costs two elementwise passes, and keeps
 the reward and Q heads on the same inputs they see with mlp dynamics.
 
-`diffusion_residual=true` diffuses the change z_t - z_0 instead of z_t, with its own
-sigma_data (`RESIDUAL_SIGMA_DATA`). Why: a latent moves little per step (cartpole-swingup at
+`diffusion_residual=true` (the default) diffuses the change z_t - z_0 instead of z_t, with its
+own sigma_data (`RESIDUAL_SIGMA_DATA`). Why: a latent moves little per step (cartpole-swingup at
 30k: mean squared change 7.3e-5 per dim against a per-dim variance of 1.3e-2), so a denoiser
 that must rebuild z_t from its conditioning through the transformer leaves an error floor above
-the change it should predict (1-step error 9.0e-5, vs 4.2e-6 for the MLP, which reads z_0
-directly). With the residual, z_0 passes through unchanged and the network only predicts the
-change.
+the change it should predict: trained in RL that way (`diffusion_residual=false`, the only mode
+before), its 1-step error was 9.0e-5, worse than copying z_0 (7.3e-5) and 20x the MLP's 4.2e-6.
+With the residual, z_0 passes through unchanged and the network predicts only the change.
+Trained offline for 1000 updates on the same replay and frozen encoder, 1-step / H-step error:
+direct 2.0e-4 / 2.9e-4, residual 1.05e-5 / 5.1e-5, MLP 1.35e-5 / 3.5e-5.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ from ldmpc.diffusion.schedule import EDMSchedule
 from ldmpc.diffusion.tokens import action_tokens
 
 SIMPLEX_SIGMA_DATA = 0.3  # RMS of centred SimNorm latents (groups of 8, typical sharpness)
-RESIDUAL_SIGMA_DATA = 0.05  # RMS of z_t - z_0 over the horizon, measured (see the module doc)
+# z_t - z_0 RMS: 0.007 / 0.012 / 0.018 at t = 1 / 2 / 3 on cartpole-swingup; set above that to
+# cover coarse scales (up to 12 steps ahead) and faster tasks
+RESIDUAL_SIGMA_DATA = 0.05
 
 
 def to_simplex(x: torch.Tensor, group: int, eps: float = 1e-6) -> torch.Tensor:
