@@ -585,6 +585,11 @@ def to_dict(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
+# Fingerprint keys that are left out for their older value: what a fingerprint without one
+# means (a direct diffusion checkpoint predates diffusion_residual).
+FINGERPRINT_ABSENT_MEANS: dict[str, Any] = {"diffusion_residual": False}
+
+
 def fingerprint(cfg: DictConfig) -> dict[str, Any]:
     """The keys a checkpoint must agree on to be loadable into this config."""
     keys = (

@@ -18,6 +18,7 @@ import torch
 
 from ldmpc import config
 from ldmpc.agent import Agent
+from ldmpc.checkpoint import check_fingerprint
 from ldmpc.diffusion.losses import denoising_loss
 from ldmpc.diffusion.tokens import action_tokens
 from ldmpc.errors import UserError
@@ -370,10 +371,13 @@ def test_residual_dynamics_pass_z0_through_and_train_on_the_change() -> None:
         assert torch.equal(got, want)
     assert torch.allclose(outs[True], z0[:, None].expand(-1, 3, -1), atol=1e-5)
     assert torch.allclose(outs[False], torch.full_like(outs[False], 1 / 8), atol=1e-5)
-    assert config.fingerprint(make_cfg("dynamics=diffusion", "diffusion_residual=true"))[
-        "diffusion_residual"
-    ]
-    assert config.fingerprint(make_cfg("dynamics=diffusion"))["diffusion_residual"]  # default
-    direct = make_cfg("dynamics=diffusion", "diffusion_residual=false")
-    assert "diffusion_residual" not in config.fingerprint(direct)
+    residual = config.fingerprint(make_cfg("dynamics=diffusion"))  # the default
+    assert residual["diffusion_residual"]
+    direct = config.fingerprint(make_cfg("dynamics=diffusion", "diffusion_residual=false"))
+    assert "diffusion_residual" not in direct  # as in a checkpoint from before the switch
     assert "diffusion_residual" not in config.fingerprint(make_cfg("diffusion_residual=true"))
+    with pytest.raises(UserError, match="trained with diffusion_residual=false; this run has "):
+        check_fingerprint(Path("old.pt"), direct, residual)
+    check_fingerprint(
+        Path("mlp.pt"), config.fingerprint(make_cfg()), config.fingerprint(make_cfg())
+    )
