@@ -57,8 +57,7 @@ class DiffusionDynamics(nn.Module):
         self.group, self.horizon = cfg.simnorm_dim, H
         self.max_scale = max(cfg.scales)
         self.steps, self.method = cfg.diffusion_steps, cfg.diffusion_sampler
-        # getattr: configs built before the switch existed (duck-typed or older) are direct
-        self.residual, self.latent_dim = bool(getattr(cfg, "diffusion_residual", False)), L
+        self.residual, self.latent_dim = bool(cfg.diffusion_residual), L
         self.schedule = EDMSchedule(
             sigma_data=RESIDUAL_SIGMA_DATA if self.residual else SIMPLEX_SIGMA_DATA,
             target=cfg.diffusion_target,
@@ -77,12 +76,12 @@ class DiffusionDynamics(nn.Module):
             "sigmas", self.schedule.sampling_sigmas(cfg.diffusion_steps), persistent=False
         )
 
-    def _origin(self, cond: torch.Tensor) -> torch.Tensor:
-        """What the diffused variable is measured from, [..., 1, L]: z_0 (the first L entries
-        of cond) with `diffusion_residual`, else the simplex centre 1/group."""
+    def _origin(self, cond: torch.Tensor) -> torch.Tensor | float:
+        """What the diffused variable is measured from: z_0 [..., 1, L] (the first L entries of
+        cond) with `diffusion_residual`, else the simplex centre 1/group (a scalar)."""
         if self.residual:
             return cond[..., None, : self.latent_dim]
-        return cond.new_full((1, 1), 1.0 / self.group)
+        return 1.0 / self.group
 
     def generate(
         self, cond: torch.Tensor, actions: torch.Tensor, noise: torch.Tensor, scale: int = 1
