@@ -24,6 +24,11 @@ def quick() -> bool:
     return os.environ.get("QUICK", "") not in ("", "0")
 
 
+def env_list(name: str, default: str) -> list[str]:
+    """A comma-separated knob from the environment (AB_TASKS, MT_TASKS, ...), empties dropped."""
+    return [v for v in os.environ.get(name, default).split(",") if v]
+
+
 def env_int(name: str, default: int) -> int:
     """An integer knob from the environment (AB_STEPS, PB_EPISODES, ...); a value that is not
     an integer is one line (UserError, exit 2 from `python -m benchmarks`), not a traceback."""

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, append_rows, env_int, quick, table
+from benchmarks.common import RESULTS, append_rows, env_int, env_list, quick, table
 from benchmarks.learning import make_train_budget
 
 VARIANTS = {
@@ -50,18 +50,19 @@ TARGET_MEAN, TARGET_TASK = 1.05, 0.95  # issue 7: +5 % mean score, never worse t
 ROOT = Path(os.environ.get("AB_ROOT", RESULTS / "diffusion_ab"))
 
 
-def _env_list(name: str, default: str) -> list[str]:
-    return [v for v in os.environ.get(name, default).split(",") if v]
-
-
 def _env_seeds() -> list[int]:
     from ldmpc.errors import UserError
 
-    seeds = _env_list("AB_SEEDS", "1")
+    seeds = env_list("AB_SEEDS", "1")
     if not all(s.isdigit() for s in seeds):
         raw = os.environ["AB_SEEDS"]
         raise UserError(f"AB_SEEDS={raw!r}: expected an integer, or several separated by commas")
     return [int(s) for s in seeds]
+
+
+def ab_steps() -> int:
+    """Agent steps of every A/B run (AB_STEPS); plan_budget and multitask read the same runs."""
+    return env_int("AB_STEPS", 2000 if quick() else 30_000)
 
 
 def run_args(task: str, variant: str, seed: int, steps: int) -> list[str]:
@@ -182,10 +183,10 @@ def plot(curves: dict[str, list[dict[str, float]]], path: Path) -> None:
 
 
 def main() -> None:
-    tasks = _env_list("AB_TASKS", "cartpole-swingup,cup-catch")
+    tasks = env_list("AB_TASKS", "cartpole-swingup,cup-catch")
     seeds = _env_seeds()
-    variants = _env_list("AB_VARIANTS", ",".join(VARIANTS))
-    steps = env_int("AB_STEPS", 2000 if quick() else 30_000)
+    variants = env_list("AB_VARIANTS", ",".join(VARIANTS))
+    steps = ab_steps()
     train_runs = env_int("AB_TRAIN", 1) != 0
     rows, curves = [], {}
     for task in tasks:

@@ -19,14 +19,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import append_rows, env_int, quick, table
-from benchmarks.diffusion_ab import ROOT, eval_rows, run_args, train
+from benchmarks.common import append_rows, env_int, env_list, quick, table
+from benchmarks.diffusion_ab import ROOT, ab_steps, eval_rows, run_args, train
 
 DEFAULT_TASKS = "cartpole-swingup,cup-catch,pendulum-swingup"
 
 
 def settings() -> tuple[list[str], int, int, list[str]]:
-    tasks = [t for t in os.environ.get("MT_TASKS", DEFAULT_TASKS).split(",") if t]
+    tasks = env_list("MT_TASKS", DEFAULT_TASKS)
     steps = env_int("MT_STEPS", 1000 if quick() else 20_000)
     seed = env_int("MT_SEED", 1)
     parts = os.environ.get("MT_PARTS", "single,multitask").split(",")
@@ -42,8 +42,7 @@ def multitask_args(tasks: list[str], steps: int, seed: int) -> list[str]:
 
 def single_args(task: str, steps: int, seed: int) -> list[str]:
     """diffusion_ab's baseline run of `task` (at least `steps` long)."""
-    ab_steps = env_int("AB_STEPS", 2000 if quick() else 30_000)
-    return run_args(task, "baseline", seed, max(steps, ab_steps))
+    return run_args(task, "baseline", seed, max(steps, ab_steps()))
 
 
 def at_step(rows: list[dict[str, float]], step: int) -> dict[str, float]:

@@ -39,7 +39,7 @@ from benchmarks.common import (
     sync,
     table,
 )
-from benchmarks.diffusion_ab import ROOT, run_args, run_dir
+from benchmarks.diffusion_ab import ROOT, ab_steps, run_args, run_dir
 
 BUDGETS = {
     "full": ["iterations=6", "num_samples=512", "num_elites=64", "num_pi_trajs=24"],
@@ -66,7 +66,7 @@ def checkpoint_and_args() -> tuple[Path, list[str], Path | None, list[str]]:
             [],
         )
     task = os.environ.get("PB_TASK", "cartpole-swingup")
-    steps = env_int("AB_STEPS", 2000 if quick() else 30_000)
+    steps = ab_steps()
     args, base_args = run_args(task, "proposals", 1, steps), run_args(task, "baseline", 1, steps)
     run, base_run = run_dir(args), run_dir(base_args)
     common = _steps(run) & _steps(base_run)
