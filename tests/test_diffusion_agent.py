@@ -5,11 +5,13 @@ batch, state round trip, and a real `ldmpc train` run with every switch on."""
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +189,46 @@ def test_update_trains_every_part_and_losses_fall_on_a_fixed_batch() -> None:
     assert end[0] < 0.75 * start[0] and end[1] < 0.5 * start[1], (start, end)  # targets drift
     assert last["consistency_loss"] < 0.5 * first["consistency_loss"]
     assert last["skipped_updates"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "switches", [["scales=[1,2]", "plan_scales=[1,2]"], ["planner=ssr"]], ids=["mppi", "ssr"]
+)
+def test_compile_true_traces_the_diffusion_planner_and_update(
+    monkeypatch: pytest.MonkeyPatch, switches: list[str]
+) -> None:
+    """Issue #7: the switches work with `compile=true`. The compiled plan and update must trace
+    (a failure would fall back to eager with a RuntimeWarning, made an error here) and give
+    eager's numbers. Dynamo's graph capture is what can break; the eager backend skips inductor's
+    code generation, which takes minutes per graph on this CPU (~4 min for both calls here under
+    load), hence `slow`."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    cfg = make_cfg(*ALL_ON, *switches)
+    torch.manual_seed(0)
+    eager = Agent(cfg, "cpu")
+    torch.manual_seed(0)
+    compiled = Agent(make_cfg(*ALL_ON, *switches, "compile=true"), "cpu")
+    g = torch.Generator().manual_seed(0)
+    W, B = cfg.window, cfg.batch_size
+    batch = {
+        "obs": torch.randn(W + 1, B, 5, generator=g),
+        "action": torch.rand(W, B, 2, generator=g) * 2 - 1,
+        "reward": torch.rand(W, B, 1, generator=g),
+    }
+    obs = torch.randn(2, 5)
+    out = {}
+    for name, agent in (("compiled", compiled), ("eager", eager)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            action, _ = agent.act(obs, eval_mode=True)
+            torch.manual_seed(1)
+            out[name] = (action, agent.update(batch)["total_loss"])
+    assert compiled._plan.active and compiled._grads.active
+    torch.testing.assert_close(out["compiled"][0], out["eager"][0])
+    assert out["compiled"][1] == pytest.approx(out["eager"][1], rel=1e-5)
+    for pc, pe in zip(compiled.model.parameters(), eager.model.parameters()):
+        torch.testing.assert_close(pc, pe, atol=1e-5, rtol=1e-5)
 
 
 def test_state_round_trip_plans_identically() -> None:
