@@ -19,12 +19,14 @@ below 0.95 x its baseline.
 Prediction error: each trained agent plays `HELDOUT_EPISODES` new episodes (eval mode, a seed
 no run trained on); for every window of H+1 steps the model predicts the encoder latent of
 o_{t+1} (1-step) and o_{t+H} (H-step) from z_t and the taken actions; reported is the mean
-squared error per latent dim against the encoder's own latents.
+squared error per latent dim against the encoder's own latents. It is measured once per
+checkpoint and kept in the run dir (`pred_err.json`), so a report re-reads it.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -48,6 +50,7 @@ HELDOUT_SEED = 777_777
 LATE_FRACTION = 1 / 3  # the score averages the evals of this last part of the run
 TARGET_MEAN, TARGET_TASK = 1.05, 0.95  # issue 7: +5 % mean score, never worse than -5 % a task
 ROOT = Path(os.environ.get("AB_ROOT", RESULTS / "diffusion_ab"))
+PRED_ERR_FILE = "pred_err.json"  # per run dir: the measured errors and what they were measured on
 
 
 def _env_seeds() -> list[int]:
@@ -146,12 +149,33 @@ def prediction_error(agent: Any, obs: torch.Tensor, actions: torch.Tensor) -> tu
 
 
 def evaluate_run(args: list[str], rdir: Path) -> dict[str, float]:
-    from ldmpc.config import load
-    from ldmpc.evaluate import load_agent
-
+    """The run's prediction errors, measured once per checkpoint and kept in the run dir
+    (`PRED_ERR_FILE`): playing the held-out episodes costs minutes per run on this CPU under
+    load, and a report of the runs on disk (AB_TRAIN=0) would otherwise replay every one. The
+    cache is keyed on latest.pt's size and mtime and on the held-out protocol, so a run that
+    trained on, or a changed protocol, is measured again."""
     ckpt = rdir / "checkpoints" / "latest.pt"
     if not ckpt.exists():
         return {}
+    stat = ckpt.stat()
+    key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+           "episodes": HELDOUT_EPISODES, "seed": HELDOUT_SEED}  # fmt: skip
+    cache = rdir / PRED_ERR_FILE
+    try:
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key:
+            return saved["errors"]
+    except (OSError, ValueError, KeyError):  # none yet, or unreadable: measure
+        pass
+    errors = measure_prediction_error(args, ckpt)
+    cache.write_text(json.dumps({"key": key, "errors": errors}))
+    return errors
+
+
+def measure_prediction_error(args: list[str], ckpt: Path) -> dict[str, float]:
+    from ldmpc.config import load
+    from ldmpc.evaluate import load_agent
+
     cfg = load([*args, f"checkpoint={ckpt}"])
     agent, _ = load_agent(cfg)
     obs, actions = heldout_windows(agent, cfg)

@@ -125,6 +125,31 @@ def test_ab_report_only_reads_the_runs_on_disk(tmp_path, monkeypatch) -> None:
     assert (tmp_path / "ab_curves.png").stat().st_size > 0
 
 
+def test_ab_prediction_errors_are_measured_once_per_checkpoint(tmp_path, monkeypatch) -> None:
+    """The report reuses a run's measured prediction errors until its checkpoint changes."""
+    from benchmarks import diffusion_ab
+
+    measured: list = []
+
+    def measure(args, ckpt):
+        measured.append(ckpt)
+        return {"pred_err_1step": float(len(measured)), "pred_err_Hstep": 2e-5}
+
+    monkeypatch.setattr(diffusion_ab, "measure_prediction_error", measure)
+    rdir = tmp_path / "run"
+    assert diffusion_ab.evaluate_run([], rdir) == {} and not measured  # no checkpoint: nothing
+    ckpt = rdir / "checkpoints" / "latest.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"weights at 27.5k")
+    first = diffusion_ab.evaluate_run([], rdir)
+    assert diffusion_ab.evaluate_run([], rdir) == first and len(measured) == 1
+    ckpt.write_bytes(b"weights at 30k, trained on")  # the run resumed: measure again
+    second = diffusion_ab.evaluate_run([], rdir)
+    assert len(measured) == 2 and second["pred_err_1step"] == 2.0
+    (rdir / diffusion_ab.PRED_ERR_FILE).write_text("{not json")  # a torn cache is remeasured
+    assert diffusion_ab.evaluate_run([], rdir)["pred_err_1step"] == 3.0
+
+
 @pytest.mark.parametrize(
     ("name", "var"),
     [("diffusion_ab", "AB_STEPS"), ("diffusion_ab", "AB_SEEDS"), ("multitask", "MT_SEED")],
