@@ -165,7 +165,7 @@ def evaluate_run(args: list[str], rdir: Path) -> dict[str, float]:
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:
             return saved["errors"]
-    except (OSError, ValueError, KeyError):  # none yet, or unreadable: measure
+    except (OSError, ValueError, KeyError, AttributeError):  # none yet, or unreadable
         pass
     errors = measure_prediction_error(args, ckpt)
     cache.write_text(json.dumps({"key": key, "errors": errors}))

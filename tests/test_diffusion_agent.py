@@ -201,7 +201,7 @@ def test_compile_true_traces_the_diffusion_planner_and_update(
     """Issue #7: the switches work with `compile=true`. The compiled plan and update must trace
     (a failure would fall back to eager with a RuntimeWarning, made an error here) and give
     eager's numbers. Dynamo's graph capture is what can break; the eager backend skips inductor's
-    code generation, which takes minutes per graph on this CPU (~4 min for both calls here under
+    code generation, which takes minutes per graph on this CPU (~4 min per case here under
     load), hence `slow`."""
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
     cfg = make_cfg(*ALL_ON, *switches)
