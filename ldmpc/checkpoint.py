@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ldmpc.atomic import atomic_copy, atomic_writer, fsync_dir, is_temp_file
+from ldmpc.config import FINGERPRINT_ABSENT_MEANS
 from ldmpc.errors import UserError
 
 FORMAT_VERSION = 1
@@ -154,8 +155,6 @@ _MISSING = object()
 def check_fingerprint(path: Path, saved: dict[str, Any], expected: dict[str, Any]) -> None:
     """UserError listing every differing key with the checkpoint's and this run's value (a key
     that is left out for its older value reads as that value, `FINGERPRINT_ABSENT_MEANS`)."""
-    from ldmpc.config import FINGERPRINT_ABSENT_MEANS
-
     saved, expected = FINGERPRINT_ABSENT_MEANS | saved, FINGERPRINT_ABSENT_MEANS | expected
     keys = [*expected, *(k for k in saved if k not in expected)]
     diff = [k for k in keys if _norm(saved.get(k, _MISSING)) != _norm(expected.get(k, _MISSING))]
