@@ -154,6 +154,17 @@ def make_batch(cfg: Any, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"obs": obs_t, "action": torch.stack(actions), "reward": obs_t[1:, :, :1].tanh()}
 
 
+def window_batch(cfg: Any) -> dict[str, torch.Tensor]:
+    """Random replay-shaped batch over the whole window (horizon x max(scales) steps)."""
+    g = torch.Generator().manual_seed(0)
+    W, B = cfg.window, cfg.batch_size
+    return {
+        "obs": torch.randn(W + 1, B, 5, generator=g),
+        "action": torch.rand(W, B, 2, generator=g) * 2 - 1,
+        "reward": torch.rand(W, B, 1, generator=g),
+    }
+
+
 def _denoising_losses(agent: Agent, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
     """Both denoising losses at fixed training sigmas and noise (the update draws fresh ones)."""
     m = agent.model
@@ -209,13 +220,7 @@ def test_compile_true_traces_the_diffusion_planner_and_update(
     eager = Agent(cfg, "cpu")
     torch.manual_seed(0)
     compiled = Agent(make_cfg(*ALL_ON, *switches, "compile=true"), "cpu")
-    g = torch.Generator().manual_seed(0)
-    W, B = cfg.window, cfg.batch_size
-    batch = {
-        "obs": torch.randn(W + 1, B, 5, generator=g),
-        "action": torch.rand(W, B, 2, generator=g) * 2 - 1,
-        "reward": torch.rand(W, B, 1, generator=g),
-    }
+    batch = window_batch(cfg)
     obs = torch.randn(2, 5)
     out = {}
     for name, agent in (("compiled", compiled), ("eager", eager)):
@@ -302,14 +307,7 @@ def test_scale_config_checks_and_window() -> None:
 def test_multiscale_training_and_coarse_tail_planning() -> None:
     cfg = make_cfg(*ALL_ON, "scales=[1,2]", "plan_scales=[1,2]", "lr=1e-3")
     agent = Agent(cfg, "cpu")
-    g = torch.Generator().manual_seed(0)
-    W, B = cfg.window, cfg.batch_size  # a window twice the horizon: the scale-2 targets
-    batch = {
-        "obs": torch.randn(W + 1, B, 5, generator=g),
-        "action": torch.rand(W, B, 2, generator=g) * 2 - 1,
-        "reward": torch.rand(W, B, 1, generator=g),
-    }
-    info = agent.update(batch)
+    info = agent.update(window_batch(cfg))  # a window twice the horizon: the scale-2 targets
     assert all(torch.isfinite(torch.tensor(v)) for v in info.values())
     model = random_model(cfg)
     z = model.encode(torch.randn(3, 5))
