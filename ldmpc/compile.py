@@ -31,6 +31,12 @@ class CompiledFn:
 
     def __init__(self, fn: Callable[..., Any], name: str, **compile_kwargs: Any) -> None:
         self.fn, self.name = fn, name
+        # Static shapes: an agent meets a handful of them (training envs, eval envs, the replay
+        # batch), each worth its own specialised kernels. Dynamic ones came from dynamo's
+        # automatic recompile of a second agent in the process and crashed inductor's guard
+        # creation on CUDA (torch 2.11, H100: IndexError in produce_guards), i.e. fell back to
+        # eager; static recompiles did not (tests/test_diffusion_agent.py, cuda-inductor).
+        compile_kwargs.setdefault("dynamic", False)
         self.compiled: Callable[..., Any] | None = torch.compile(fn, **compile_kwargs)
         self.ok_once = False
 

@@ -141,6 +141,22 @@ def test_maybe_compile_falls_back_once_and_keeps_errors() -> None:
         maybe_compile(broken, True, "broken", backend="eager")(x)
 
 
+def test_compiled_fns_recompile_with_static_shapes() -> None:
+    """A new input shape compiles a new static graph, never a dynamic-shape one (dynamic
+    shapes crashed inductor's guard creation on CUDA, see ldmpc/compile.py)."""
+    graphs: list[list[object]] = []
+
+    def recording_backend(gm, example_inputs):  # torch.compile backend signature
+        graphs.append([d for t in example_inputs if isinstance(t, torch.Tensor) for d in t.shape])
+        return gm.forward
+
+    torch._dynamo.reset()  # a fresh cache: this function's code may have been compiled before
+    wrapped = maybe_compile(lambda x: x * 2 + 1, True, "f", backend=recording_backend)
+    for n in (4, 6, 8):
+        torch.testing.assert_close(wrapped(torch.ones(n)), torch.full((n,), 3.0))
+    assert graphs == [[4], [6], [8]]  # one graph per shape, all sizes plain ints
+
+
 def test_compile_true_falls_back_cleanly_when_the_backend_fails(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
