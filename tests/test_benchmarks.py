@@ -14,6 +14,22 @@ def test_known_shapes_match_the_real_env(task: str, tmp_path) -> None:
     assert (tuple(cfg.obs_shape), cfg.action_dim) == KNOWN_SHAPES[task]
 
 
+def test_step_cost_batch_spans_the_variants_window_and_trains() -> None:
+    """step_cost times act + update; its batch must be one the update takes (a multi-scale
+    window is horizon x max(scales) steps), or it would time a skipped or failing step."""
+    from benchmarks.common import make_agent
+    from benchmarks.step_cost import replay_batch
+
+    cfg, agent = make_agent(
+        ["task=cartpole-swingup", "model_size=1", "batch_size=4", "num_samples=64",
+         "num_elites=4", "num_pi_trajs=2", "iterations=1", "dynamics=diffusion",
+         "proposal=both", "scales=[1,2]"]
+    )  # fmt: skip
+    batch = replay_batch(cfg, agent.device)
+    assert batch["obs"].shape[0] == cfg.window + 1 == 2 * cfg.horizon + 1
+    assert agent.update(batch)["skipped"] == 0.0
+
+
 def test_plan_budget_pairs_the_baseline_checkpoint_of_the_same_step(tmp_path, monkeypatch) -> None:
     """`baseline-full` must play the baseline agent trained exactly as long as the proposals one:
     the newest step both runs checkpointed, and no baseline row when they share none."""
