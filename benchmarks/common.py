@@ -146,6 +146,17 @@ def make_agent(overrides: list[str], device: str = "auto") -> tuple[Any, Any]:
 KNOWN_SHAPES = {"cartpole-swingup": ((5,), 1)}
 
 
+def replay_batch(cfg: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    """A random time-major replay batch over the config's whole window (horizon x max(scales))."""
+    W, B = cfg.window, cfg.batch_size
+    return {
+        "obs": torch.randn(W + 1, B, *cfg.obs_shape, device=device),
+        "action": torch.rand(W, B, cfg.action_dim, device=device) * 2 - 1,
+        "reward": torch.randn(W, B, 1, device=device),
+        "terminated": torch.zeros(W, B, 1, device=device),
+    }
+
+
 def random_obs(cfg: Any, num_envs: int, device: Any) -> Any:
     return torch.randn(num_envs, *cfg.obs_shape, device=device)
 

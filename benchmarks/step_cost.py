@@ -15,21 +15,18 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import append_rows, interleaved_ms, make_agent, quick, sync, table
+from benchmarks.common import (
+    append_rows,
+    interleaved_ms,
+    make_agent,
+    quick,
+    replay_batch,
+    sync,
+    table,
+)
 from benchmarks.diffusion_ab import VARIANTS
 
 FULL_TABLE_TASKS, FULL_TABLE_STEPS = 5, 100_000  # issue 7's GPU table
-
-
-def replay_batch(cfg: Any, device: torch.device) -> dict[str, torch.Tensor]:
-    """A random replay-shaped batch over the variant's whole window (horizon x max(scales))."""
-    W, B = cfg.window, cfg.batch_size
-    return {
-        "obs": torch.randn(W + 1, B, *cfg.obs_shape, device=device),
-        "action": torch.rand(W, B, cfg.action_dim, device=device) * 2 - 1,
-        "reward": torch.randn(W, B, 1, device=device),
-        "terminated": torch.zeros(W, B, 1, device=device),
-    }
 
 
 def main() -> None:

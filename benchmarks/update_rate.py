@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.common import append_rows, interleaved_ms, make_agent, quick, sync, table
+from benchmarks.common import (
+    append_rows,
+    interleaved_ms,
+    make_agent,
+    quick,
+    replay_batch,
+    sync,
+    table,
+)
 
 TDMPC2_MS_2THREADS = {1: 125.0, 5: 488.0}
-
-
-def _batch(cfg, device) -> dict[str, torch.Tensor]:
-    H, B = cfg.horizon, cfg.batch_size
-    return {
-        "obs": torch.randn(H + 1, B, *cfg.obs_shape, device=device),
-        "action": torch.rand(H, B, cfg.action_dim, device=device) * 2 - 1,
-        "reward": torch.randn(H, B, 1, device=device),
-        "terminated": torch.zeros(H, B, 1, device=device),
-    }
 
 
 def main() -> None:
@@ -37,7 +35,7 @@ def main() -> None:
                     f"compile={str(compile_on).lower()}",
                 ]
             )
-            batch = _batch(cfg, agent.device)
+            batch = replay_batch(cfg, agent.device)
 
             def step(agent=agent, batch=batch) -> None:
                 agent.update(batch)

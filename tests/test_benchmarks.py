@@ -17,8 +17,7 @@ def test_known_shapes_match_the_real_env(task: str, tmp_path) -> None:
 def test_step_cost_batch_spans_the_variants_window_and_trains() -> None:
     """step_cost times act + update; its batch must be one the update takes (a multi-scale
     window is horizon x max(scales) steps), or it would time a skipped or failing step."""
-    from benchmarks.common import make_agent
-    from benchmarks.step_cost import replay_batch
+    from benchmarks.common import make_agent, replay_batch
 
     cfg, agent = make_agent(
         ["task=cartpole-swingup", "model_size=1", "batch_size=4", "num_samples=64",
