@@ -2,7 +2,8 @@
 
 `python -m benchmarks diffusion_ab` (env: AB_TASKS=cartpole-swingup,cup-catch AB_STEPS=30000
 AB_SEEDS=1 AB_VARIANTS=baseline,diffusion,proposals,both AB_ROOT=<dir>; QUICK=1: 2k steps;
-AB_TRAIN=0: train nothing, report the runs on disk as they are).
+AB_TRAIN=0: train nothing, report the runs on disk as they are). AB_VARIANTS may also name the
+follow-up variants of `STUDY_VARIANTS`.
 Every run is `ldmpc train` at the `make train` budget with checkpoints under
 benchmarks/results/diffusion_ab/, so a second invocation continues where the first stopped.
 It then writes, next to the runs: ab_table.csv and ab_table.md (final and best eval return,
@@ -45,6 +46,17 @@ VARIANTS = {
     "proposals": ["proposal=both"],
     "both": ["dynamics=diffusion", "proposal=both"],
 }
+# Follow-ups of the A/B, run only when AB_VARIANTS names them. Proposals take 32 of the 128 MPPI
+# slots from the Gaussian draws (120 -> 88); on cup-catch (sparse reward) the runs with
+# proposals caught the ball later. "-extra" adds them on top of the baseline's 120 Gaussians
+# (num_samples 160), "-8" takes only 8 slots; "diffusion-ms" scores a coarse tail of 3 tokens 4
+# steps apart after the 3-step head (15 steps of model lookahead before Q).
+STUDY_VARIANTS = {
+    "proposals-extra": ["proposal=both", "num_samples=160"],
+    "proposals-8": ["proposal=both", "num_diffusion_proposals=8"],
+    "both-extra": ["dynamics=diffusion", "proposal=both", "num_samples=160"],
+    "diffusion-ms": ["dynamics=diffusion", "scales=[1,4]", "plan_scales=[1,4]"],
+}
 HELDOUT_EPISODES = 2
 HELDOUT_SEED = 777_777
 LATE_FRACTION = 1 / 3  # the score averages the evals of this last part of the run
@@ -68,10 +80,24 @@ def ab_steps() -> int:
     return env_int("AB_STEPS", 2000 if quick() else 30_000)
 
 
+def _env_variants() -> list[str]:
+    from ldmpc.errors import UserError
+
+    variants = env_list("AB_VARIANTS", ",".join(VARIANTS))
+    unknown = [v for v in variants if v not in {**VARIANTS, **STUDY_VARIANTS}]
+    if unknown:
+        raise UserError(
+            f"AB_VARIANTS: unknown {', '.join(unknown)} (known: "
+            f"{', '.join([*VARIANTS, *STUDY_VARIANTS])})"
+        )
+    return variants
+
+
 def run_args(task: str, variant: str, seed: int, steps: int) -> list[str]:
     budget = [a for a in make_train_budget() if not a.startswith("task=")]
+    switches = {**VARIANTS, **STUDY_VARIANTS}[variant]
     return [
-        *budget, f"task={task}", *VARIANTS[variant], f"seed={seed}", f"steps={steps}",
+        *budget, f"task={task}", *switches, f"seed={seed}", f"steps={steps}",
         f"work_dir={ROOT}", f"exp_name={variant}{steps}", "progress=false",
     ]  # fmt: skip
 
@@ -209,7 +235,7 @@ def plot(curves: dict[str, list[dict[str, float]]], path: Path) -> None:
 def main() -> None:
     tasks = env_list("AB_TASKS", "cartpole-swingup,cup-catch")
     seeds = _env_seeds()
-    variants = env_list("AB_VARIANTS", ",".join(VARIANTS))
+    variants = _env_variants()
     steps = ab_steps()
     train_runs = env_int("AB_TRAIN", 1) != 0
     rows, curves = [], {}

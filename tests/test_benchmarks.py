@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.common import KNOWN_SHAPES
+from benchmarks.diffusion_ab import STUDY_VARIANTS
 from ldmpc.config import load
 
 
@@ -176,3 +177,23 @@ def test_a_bad_benchmark_knob_is_one_line_and_exit_2(name: str, var: str, monkey
     assert main([name]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{name}: {var}='30k': expected an integer") and err.count("\n") == 1
+
+
+def test_an_unknown_ab_variant_is_one_line_and_exit_2(monkeypatch, capsys) -> None:
+    from benchmarks.__main__ import main
+
+    monkeypatch.setenv("AB_VARIANTS", "baseline,proposal")
+    assert main(["diffusion_ab"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("diffusion_ab: AB_VARIANTS: unknown proposal (known: baseline,")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("variant", sorted(STUDY_VARIANTS))
+def test_ab_study_variants_are_valid_configs(variant: str, tmp_path) -> None:
+    """Each follow-up variant is one `ldmpc train` config that validates (bad switches would
+    only fail an hour into an A/B queue otherwise)."""
+    from benchmarks import diffusion_ab
+
+    cfg = load([*diffusion_ab.run_args("cup-catch", variant, 1, 30_000), f"work_dir={tmp_path}"])
+    assert cfg.exp_name == f"{variant}30000"
