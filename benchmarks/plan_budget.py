@@ -18,7 +18,8 @@ task, seed and budget, no proposals) has a checkpoint at the same step, two more
 `baseline-full`, plays that agent with the full MPPI budget on the same seeds, and every row gets
 `return_vs_baseline` (to that row); `baseline-train` plays it with the `make train` budget it was
 trained with. The step is the newest one both runs checkpointed (PB_STEP picks another);
-PB_EPISODES eval episodes per budget (default 10).
+PB_EPISODES eval episodes per budget (default 10); PB_TASK and PB_SEED pick the A/B runs
+(default cartpole-swingup, seed 1).
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ def checkpoint_and_args() -> tuple[Path, list[str], Path | None, list[str]]:
             [],
         )
     task = os.environ.get("PB_TASK", "cartpole-swingup")
-    steps = ab_steps()
-    args, base_args = run_args(task, "proposals", 1, steps), run_args(task, "baseline", 1, steps)
+    steps, seed = ab_steps(), env_int("PB_SEED", 1)
+    args = run_args(task, "proposals", seed, steps)
+    base_args = run_args(task, "baseline", seed, steps)
     run, base_run = run_dir(args), run_dir(base_args)
     common = _steps(run) & _steps(base_run)
     step = env_int("PB_STEP", max(common, default=0))

@@ -52,9 +52,12 @@ def test_plan_budget_pairs_the_baseline_checkpoint_of_the_same_step(tmp_path, mo
     assert ckpt == runs["proposals"] / "checkpoints" / "step_27500.pt"
     assert base_ckpt == runs["baseline"] / "checkpoints" / "step_27500.pt"
     assert "proposal=both" in args and "proposal=both" not in base_args
+    assert "seed=1" in args and "seed=1" in base_args
     monkeypatch.setenv("PB_STEP", "30000")
-    ckpt, _, base_ckpt, _ = plan_budget.checkpoint_and_args()
+    monkeypatch.setenv("PB_SEED", "2")
+    ckpt, args, base_ckpt, base_args = plan_budget.checkpoint_and_args()
     assert ckpt == runs["proposals"] / "checkpoints" / "latest.pt" and base_ckpt is None
+    assert "seed=2" in args and "seed=2" in base_args
 
 
 def test_ab_summary_scores_the_late_evals_and_checks_the_targets() -> None:
