@@ -39,6 +39,7 @@ import torch
 
 from benchmarks.common import RESULTS, append_rows, env_int, env_list, quick, table
 from benchmarks.learning import make_train_budget
+from ldmpc.atomic import atomic_write_bytes
 
 VARIANTS = {
     "baseline": [],
@@ -57,6 +58,7 @@ STUDY_VARIANTS = {
     "both-extra": ["dynamics=diffusion", "proposal=both", "num_samples=160"],
     "diffusion-ms": ["dynamics=diffusion", "scales=[1,4]", "plan_scales=[1,4]"],
 }
+ALL_VARIANTS = {**VARIANTS, **STUDY_VARIANTS}  # what AB_VARIANTS may name
 HELDOUT_EPISODES = 2
 HELDOUT_SEED = 777_777
 LATE_FRACTION = 1 / 3  # the score averages the evals of this last part of the run
@@ -84,20 +86,18 @@ def _env_variants() -> list[str]:
     from ldmpc.errors import UserError
 
     variants = env_list("AB_VARIANTS", ",".join(VARIANTS))
-    unknown = [v for v in variants if v not in {**VARIANTS, **STUDY_VARIANTS}]
+    unknown = [v for v in variants if v not in ALL_VARIANTS]
     if unknown:
         raise UserError(
-            f"AB_VARIANTS: unknown {', '.join(unknown)} (known: "
-            f"{', '.join([*VARIANTS, *STUDY_VARIANTS])})"
+            f"AB_VARIANTS: unknown {', '.join(unknown)} (known: {', '.join(ALL_VARIANTS)})"
         )
     return variants
 
 
 def run_args(task: str, variant: str, seed: int, steps: int) -> list[str]:
     budget = [a for a in make_train_budget() if not a.startswith("task=")]
-    switches = {**VARIANTS, **STUDY_VARIANTS}[variant]
     return [
-        *budget, f"task={task}", *switches, f"seed={seed}", f"steps={steps}",
+        *budget, f"task={task}", *ALL_VARIANTS[variant], f"seed={seed}", f"steps={steps}",
         f"work_dir={ROOT}", f"exp_name={variant}{steps}", "progress=false",
     ]  # fmt: skip
 
@@ -194,7 +194,7 @@ def evaluate_run(args: list[str], rdir: Path) -> dict[str, float]:
     except (OSError, ValueError, KeyError, AttributeError):  # none yet, or unreadable
         pass
     errors = measure_prediction_error(args, ckpt)
-    cache.write_text(json.dumps({"key": key, "errors": errors}))
+    atomic_write_bytes(cache, json.dumps({"key": key, "errors": errors}).encode())
     return errors
 
 
