@@ -4,8 +4,9 @@ on the same eval seeds.
 
 One seed is not a test: after ~1,500 updates the deterministic eval policy sometimes settles into
 one poor behaviour (all 4 episodes within 2 points of each other), and which seed does so depends
-on float rounding. Seed 1 scored 202 with one torch thread and 66 with two on the same machine,
-and a CPU with other SIMD kernels turned the passing seed into this failing one (CI, stop 18).
+on float rounding. Seed 1 scored 202 with one torch thread and 66 with two on the same machine;
+with two threads the same code passed CI at one stop and gave 66 (here and in CI) at the next,
+so the machines' arithmetic had changed in between.
 So each run uses one torch thread (the same arithmetic whatever the core count; the two runs share
 a 2-core box without oversubscribing it) and the bar is on the mean of two seeds, set so that one
 such collapse alone does not fail the test but two agents that do not learn do.
