@@ -4,8 +4,6 @@ weight sync, checkpoint + resume. Real DMC env (episodes cut to 50 steps), real 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +17,7 @@ import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
+from ray_temp import ray_temp_env
 
 import ldmpc.envs
 from actors.env_runner import EpisodeStitcher
@@ -66,13 +65,12 @@ def local_ray() -> Iterator[None]:
 
     from actors.ray_init import init_ray
 
-    temp = tempfile.mkdtemp(prefix="ldr")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as run_training does (torch_threads=1): 2 cores stall otherwise
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_TMPDIR", temp)
-        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        mp.delenv("RAY_ADDRESS", raising=False)
+    with ray_temp_env() as env, pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        temp = env["RAY_TMPDIR"]
         # a cluster that `ray start` recorded here and that is gone: address=null must still
         # start a local Ray (a bare ray.init() would try to join it)
         os.makedirs(os.path.join(temp, "ray"))
@@ -85,7 +83,6 @@ def local_ray() -> Iterator[None]:
             yield
         finally:
             ray.shutdown()
-            shutil.rmtree(temp, ignore_errors=True)
             torch.set_num_threads(threads)
 
 

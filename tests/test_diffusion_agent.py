@@ -7,16 +7,15 @@ from __future__ import annotations
 import csv
 import functools
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from ray_temp import ray_temp_env
 
 from ldmpc import config
 from ldmpc.agent import Agent
@@ -289,13 +288,12 @@ def test_train_cli_with_diffusion_switches(tmp_path: Path, switches: list[str]) 
         "checkpoint_freq=0", "progress=false", "torch_threads=1", f"work_dir={tmp_path}",
         *switches,
     ]  # fmt: skip
-    ray_tmp = tempfile.mkdtemp(prefix="ldr")  # short: AF_UNIX socket paths are limited
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "ldmpc.cli", "train", *args],
-        capture_output=True, text=True, timeout=600, env=env, check=False,
-    )  # fmt: skip
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+    with ray_temp_env() as ray_env:
+        proc = subprocess.run(
+            [sys.executable, "-m", "ldmpc.cli", "train", *args],
+            capture_output=True, text=True, timeout=600, env={**os.environ, **ray_env},
+            check=False,
+        )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     (eval_csv,) = tmp_path.rglob("eval.csv")
     rows = list(csv.DictReader(eval_csv.open()))

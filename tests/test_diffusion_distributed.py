@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ray_temp import ray_temp_env
 
 SWITCHES = ["dynamics=diffusion", "proposal=both", "scales=[1,2]", "plan_scales=[1,2]"]
 RUN = [
@@ -39,11 +38,8 @@ RUN = [
 def ray_env() -> Iterator[dict[str, str]]:
     """Environment for the CLI processes: each starts its own local Ray in a short temp dir
     (unix socket paths are limited), never a cluster recorded elsewhere."""
-    temp = tempfile.mkdtemp(prefix="ldr")
-    try:
-        yield {**os.environ, "RAY_TMPDIR": temp, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": ""}
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
+    with ray_temp_env() as env:
+        yield {**os.environ, **env}
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
+import pytest
+from ray_temp import ray_temp_env
 
 from benchmarks.learning import make_train_budget
 from ldmpc.envs import make_vector_env
@@ -77,22 +78,21 @@ def final_eval_return(work_dir: Path) -> float:
     return float(rows[-1]["episode_reward"])
 
 
+@pytest.mark.slow  # ~10 min of both cores: `make bench` runs it (DESIGN.md §5)
 def test_short_training_beats_random_clearly(tmp_path: Path) -> None:
     budget = [a for a in make_train_budget() if not a.startswith(("eval_", "checkpoint_freq"))]
     task = next(a.split("=", 1)[1] for a in budget if a.startswith("task="))
-    ray_tmps = [tempfile.mkdtemp(prefix="ldr") for _ in SEEDS]  # short: AF_UNIX path limit
     procs = []
-    try:
-        for seed, ray_tmp in zip(SEEDS, ray_tmps, strict=True):
-            env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"}
-            procs.append(start_training(budget, seed, tmp_path / f"seed{seed}", env))
-        for proc in procs:
-            proc.wait(timeout=1200)
-    finally:
-        for proc in procs:
-            proc.kill()
-        for ray_tmp in ray_tmps:
-            shutil.rmtree(ray_tmp, ignore_errors=True)
+    with ExitStack() as stack:
+        try:
+            for seed in SEEDS:
+                env = {**os.environ, **stack.enter_context(ray_temp_env())}
+                procs.append(start_training(budget, seed, tmp_path / f"seed{seed}", env))
+            for proc in procs:
+                proc.wait(timeout=1200)
+        finally:
+            for proc in procs:
+                proc.kill()
     for seed, proc in zip(SEEDS, procs, strict=True):
         assert proc.returncode == 0, (tmp_path / f"seed{seed}" / "stderr.log").read_text()[-3000:]
     trained = np.array([final_eval_return(tmp_path / f"seed{seed}") for seed in SEEDS])

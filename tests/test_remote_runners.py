@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from ray_temp import ray_temp_env
 
 TINY = [
     "model_size=1", "batch_size=16", "num_samples=32", "iterations=1", "num_elites=4",
@@ -19,15 +19,12 @@ TINY = [
 
 
 def _train(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    ray_tmp = tempfile.mkdtemp(prefix="ldr")  # short: AF_UNIX socket paths are limited
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"}
-    try:
+    with ray_temp_env() as ray_env:
         return subprocess.run(
             [sys.executable, "-m", "ldmpc.cli", "train", *TINY, f"work_dir={tmp_path}", *args],
-            capture_output=True, text=True, timeout=600, env=env, check=False,
+            capture_output=True, text=True, timeout=600, env={**os.environ, **ray_env},
+            check=False,
         )  # fmt: skip
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_two_remote_runners_of_two_envs_train(tmp_path: Path) -> None:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from ray_temp import ray_temp_env
 
 from ldmpc.cli import main
 from ldmpc.sweep_spec import load_spec
@@ -138,15 +137,14 @@ def test_cli_overrides_win_over_base(tmp_path: Path) -> None:
 @pytest.fixture
 def ray_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Ray's files in a short temp dir (unix socket paths are limited); one torch thread here."""
-    temp = tempfile.mkdtemp(prefix="ldt")
-    monkeypatch.setenv("RAY_TMPDIR", temp)
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     threads = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        shutil.rmtree(temp, ignore_errors=True)
+    with ray_temp_env(prefix="ldt") as env:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _trial_results(exp: Path) -> dict[str, list[dict]]:
