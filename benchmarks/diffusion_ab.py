@@ -338,7 +338,32 @@ def summarize(rows: list[dict[str, Any]]) -> str:
             f"| {variant} | {'; '.join(cells)} | {mean:.1f} | {bmean:.1f} | "
             f"{mean / bmean:.2f} | {verdict} |"
         )
+    noise = [n for v in dict.fromkeys(r["variant"] for r in rows) if (n := seed_noise(score, v))]
+    if noise:
+        lines += ["", "Seed noise (variant / baseline score of each task and seed):", *noise]
     return "\n".join(lines) + "\n"
+
+
+def seed_noise(score: dict[tuple[str, str, int], float], variant: str) -> str | None:
+    """How far the A/B can be trusted: the spread of the per-(task, seed) ratios, the standard
+    error of their mean, and how many pairs would put the 5 % target 2 standard errors away
+    (None below two finished pairs, or for the baseline)."""
+    pairs = [
+        value / score[task, "baseline", seed]
+        for (task, name, seed), value in score.items()
+        if name == variant != "baseline"
+        and np.isfinite(value)
+        and score.get((task, "baseline", seed), 0.0) > 0
+    ]
+    if len(pairs) < 2:
+        return None
+    sd = float(np.std(pairs, ddof=1))
+    needed = int(np.ceil((2 * sd / (TARGET_MEAN - 1)) ** 2))
+    return (
+        f"- {variant}: {len(pairs)} pairs, ratios {min(pairs):.2f}-{max(pairs):.2f}, sd {sd:.2f}; "
+        f"mean {np.mean(pairs):.2f} +- {sd / np.sqrt(len(pairs)):.2f} (1 SE); telling a "
+        f"{TARGET_MEAN - 1:.0%} gain from none at 2 SE takes ~{needed} pairs"
+    )
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:

@@ -122,6 +122,29 @@ def test_ab_summary_pools_seeds_per_task() -> None:
     assert "| 75.8 | 70.0 | 1.08 | met (partial) |" in line  # (67.5 + 84) / 2 vs (60 + 80) / 2
 
 
+def test_ab_summary_says_how_many_seeds_the_noise_needs() -> None:
+    """Per-seed ratios 0.84, 1.14, 0.85, 1.06 (what cartpole-swingup and cup-catch gave for
+    proposals over two seeds): sd 0.15, so ~37 pairs before 5 % stands 2 standard errors out."""
+    from benchmarks.diffusion_ab import seed_noise, summarize
+
+    score = {}
+    for (task, seed), (base, var) in {
+        ("a", 1): (100.0, 84.0), ("a", 2): (100.0, 114.0),
+        ("b", 1): (50.0, 42.5), ("b", 2): (50.0, 53.0), ("b", 3): (50.0, float("nan")),
+    }.items():  # fmt: skip
+        score[task, "baseline", seed], score[task, "up", seed] = base, var
+    line = seed_noise(score, "up")
+    assert line == (
+        "- up: 4 pairs, ratios 0.84-1.14, sd 0.15; mean 0.97 +- 0.08 (1 SE); telling a 5% gain "
+        "from none at 2 SE takes ~37 pairs"
+    )
+    assert seed_noise(score, "baseline") is None
+    one = {k: v for k, v in score.items() if k[0] == "a" and k[2] == 1}
+    assert seed_noise(one, "up") is None  # a single pair has no spread
+    rows = [{"task": t, "variant": v, "seed": s, "score": x} for (t, v, s), x in score.items()]
+    assert line in summarize(rows)
+
+
 def test_ab_report_only_reads_the_runs_on_disk(tmp_path, monkeypatch) -> None:
     """AB_TRAIN=0 trains nothing: the table and summary come from the eval.csv files on disk,
     and a run that is not there is reported as not finished."""
