@@ -23,7 +23,7 @@ setup:
 train: setup
 	$(PY) -m ldmpc.cli train $(TRAIN_ARGS) $(CONFIG_ARGS) $(ARGS)
 
-# --durations: the 25 slowest tests close every run, so CI logs say where the ~30 minutes go
+# --durations: the 25 slowest tests close every run, so CI logs say where the time goes
 test: setup
 	$(PYTEST) -q -m "not slow and not gpu" --durations=25 $(ARGS)
 
