@@ -13,8 +13,7 @@ such collapse alone does not fail the test but two agents that do not learn do.
 
 Measured on the 2-core box, one thread per run, eval return at 2,500 steps: seeds 1-4: 202, 176,
 230, 195; at step 0 (untrained): 82, 50, 84, 55; uniform random actions: 82, 60, 72, 48. The
-two runs together take ~10 minutes,
-so `make bench` runs this check, not `make test`.
+two runs together take ~10 minutes, so `make bench` runs this check, not `make test`.
 """
 
 from __future__ import annotations
