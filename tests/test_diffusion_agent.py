@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 from ray_temp import ray_temp_env
+from world_models import random_model
 
 from ldmpc import config
 from ldmpc.agent import Agent
@@ -43,20 +44,6 @@ ALL_ON = ["dynamics=diffusion", "proposal=both"]
 
 def make_cfg(*overrides: str) -> Any:
     return config.derive(config.parse([*TINY, *overrides]), (5,), 2)
-
-
-def random_model(cfg: Any) -> WorldModel:
-    """Non-trivial outputs everywhere: the real init zeroes reward, Q and denoiser outputs."""
-    torch.manual_seed(0)
-    model = WorldModel(cfg).eval()
-    with torch.no_grad():
-        model._reward[-1].weight.normal_(0, 0.5)
-        model._Qs.last_weight.normal_(0, 0.5)
-        for name in ("_diff_dynamics", "_proposals"):
-            if hasattr(model, name):
-                for p in getattr(model, name).parameters():
-                    p.normal_(0, 0.05)
-    return model
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,11 @@ import math
 from typing import Any
 
 import torch
+from world_models import random_model
 
 from ldmpc import config
 from ldmpc.math_utils import two_hot
 from ldmpc.planner import PlanNoise, model_evals_per_decision, plan, sample_noise, warm_start
-from ldmpc.world_model import WorldModel
 
 SMALL = ["num_samples=64", "num_elites=8", "num_pi_trajs=4", "iterations=3"]
 
@@ -18,16 +18,6 @@ SMALL = ["num_samples=64", "num_elites=8", "num_pi_trajs=4", "iterations=3"]
 def make_cfg(*overrides: str, obs_dim: int = 5, action_dim: int = 2):
     args = ["model_size=1", "mlp_dim=64", "latent_dim=32", "enc_dim=64", *SMALL, *overrides]
     return config.derive(config.parse(args), (obs_dim,), action_dim)
-
-
-def random_model(cfg: Any) -> WorldModel:
-    """A world model with non-trivial reward and Q outputs (the real init zeroes them)."""
-    torch.manual_seed(0)
-    model = WorldModel(cfg).eval()
-    with torch.no_grad():
-        model._reward[-1].weight.normal_(0, 0.5)
-        model._Qs.last_weight.normal_(0, 0.5)
-    return model
 
 
 def test_batched_plan_equals_per_env_plans() -> None:
