@@ -36,3 +36,28 @@ def check_seeding(task: str, steps: int, history: int, fresh: int = 5) -> None:
     second = rollout(a, seed=None, steps=fresh)
     np.testing.assert_array_equal(second, rollout(b, seed=None, steps=fresh))
     assert not np.array_equal(second[:n], first[:n])
+
+
+def check_reset_and_step(
+    env: Any, episode_steps: int, repeat: int, success_values: tuple[float, ...] = (0.0, 1.0)
+) -> np.ndarray:
+    """The env contract the agent and replay rely on, the same for every suite: actions in a
+    float32 box [-1, 1], TD-MPC2's episode length and action repeat, flat float32 observations,
+    finite rewards, no termination, and a float `success` that starts at 0. Closes the env and
+    returns the first observation for a suite's own checks."""
+    space = env.action_space
+    assert space.dtype == np.float32 and np.all(space.low == -1) and np.all(space.high == 1)
+    assert env.get_wrapper_attr("max_episode_steps") == episode_steps
+    assert env.get_wrapper_attr("repeat") == repeat
+    first, info = env.reset()
+    assert first.dtype == np.float32
+    assert first.shape == env.observation_space.shape == (first.size,)
+    assert type(info["success"]) is float and info["success"] == 0.0
+    for _ in range(3):
+        obs, reward, terminated, truncated, info = env.step(space.sample())
+        assert obs.dtype == np.float32 and obs.shape == env.observation_space.shape
+        assert np.isfinite(obs).all() and type(reward) is float and np.isfinite(reward)
+        assert not terminated and not truncated
+        assert type(info["success"]) is float and info["success"] in success_values
+    env.close()
+    return first

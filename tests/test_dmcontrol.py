@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from env_rollout import check_seeding
+from env_rollout import check_reset_and_step, check_seeding
 
 from ldmpc.envs import make_env, make_vector_env
 from ldmpc.envs.custom import CUSTOM_TASKS
@@ -27,20 +27,7 @@ def _base(env):
 
 @pytest.mark.parametrize("task", DMC_TASKS)
 def test_every_task_resets_and_steps(task: str) -> None:
-    env = make_env(task, seed=0)
-    space = env.action_space
-    assert space.dtype == np.float32 and np.all(space.low == -1) and np.all(space.high == 1)
-    assert env.get_wrapper_attr("max_episode_steps") == 500
-    assert env.get_wrapper_attr("repeat") == 2
-    obs, info = env.reset()
-    assert obs.dtype == np.float32 and obs.shape == env.observation_space.shape == (obs.size,)
-    assert info["success"] == 0.0
-    for _ in range(3):
-        obs, reward, terminated, truncated, info = env.step(space.sample())
-        assert obs.dtype == np.float32 and obs.shape == env.observation_space.shape
-        assert np.isfinite(obs).all() and np.isfinite(reward)
-        assert not terminated and not truncated and info["success"] == 0.0
-    env.close()
+    check_reset_and_step(make_env(task, seed=0), 500, 2, success_values=(0.0,))
 
 
 @pytest.mark.parametrize("task", ["cartpole-swingup", "pendulum-spin"])

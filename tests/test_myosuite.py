@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from env_rollout import check_seeding
+from env_rollout import check_reset_and_step, check_seeding
 
 from ldmpc.envs import make_env, make_vector_env
 from ldmpc.envs.render import rendering_problem
@@ -31,21 +31,8 @@ def test_all_10_tasks_are_registered() -> None:
 @pytest.mark.parametrize("task", MYO_TASKS)
 def test_every_task_resets_and_steps(task: str) -> None:
     env = make_env(task, seed=0)
-    space = env.action_space
-    assert space.shape == (39,) and space.dtype == np.float32  # 39 muscles of the hand
-    assert np.all(space.low == -1) and np.all(space.high == 1)
-    assert env.get_wrapper_attr("max_episode_steps") == 100
-    assert env.get_wrapper_attr("repeat") == 1
-    obs, info = env.reset()
-    assert obs.dtype == np.float32 and obs.shape == env.observation_space.shape == (obs.size,)
-    assert info["success"] == 0.0
-    for _ in range(3):
-        obs, reward, terminated, truncated, info = env.step(space.sample())
-        assert obs.dtype == np.float32 and obs.shape == env.observation_space.shape
-        assert np.isfinite(obs).all() and np.isfinite(reward)
-        assert not terminated and not truncated
-        assert isinstance(info["success"], float) and info["success"] in (0.0, 1.0)
-    env.close()
+    assert env.action_space.shape == (39,)  # 39 muscles of the hand
+    check_reset_and_step(env, 100, 1)
 
 
 def test_full_episode_truncates_after_100_agent_steps() -> None:
