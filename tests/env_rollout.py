@@ -1,5 +1,5 @@
-"""The seeded rollout and the seeding contract the suite tests share (imported by
-test_<suite>.py; not a test file)."""
+"""The seeded rollout and the env contracts (seeding, reset/step) that the suite tests share
+(imported by test_<suite>.py; not a test file)."""
 
 from __future__ import annotations
 
