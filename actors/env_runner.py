@@ -17,6 +17,8 @@ from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 
+from actors.ray_logs import quiet_ray_logs
+
 ENV_NAME = "ldmpc-env"  # the name the env runners create their sub-envs by
 SEED_STRIDE = 10_000  # seed offset between env runners: runner w, sub-env i -> seed + w*S + i
 
@@ -57,17 +59,6 @@ def make_ldmpc_env(ctx: dict[str, Any]) -> gym.Env:
     from ldmpc.envs import make_env
 
     return make_env(ctx["task"], seed=int(ctx["seed"]), obs=ctx.get("obs", "state"))
-
-
-def quiet_ray_logs() -> None:
-    """Ray/RLlib's informational warnings (deprecations, token auth) off unless LDMPC_DEBUG=1;
-    real errors still show. Called in the driver and in every remote actor."""
-    import logging
-    import os
-
-    level = logging.DEBUG if os.environ.get("LDMPC_DEBUG") == "1" else logging.ERROR
-    for name in ("ray", "ray.rllib", "ray.tune"):
-        logging.getLogger(name).setLevel(level)
 
 
 class LdmpcEnvRunner(SingleAgentEnvRunner):

@@ -39,6 +39,9 @@ _H2_SETTINGS = 0x04
 CLUSTER_WAIT_S = float(os.environ.get("LDMPC_CLUSTER_WAIT_S", "600"))
 _POLL_S = 5.0
 SHIELD_ENV = "LDMPC_SHIELD_RAY"
+# Every worker Ray starts for a local run calls this first (see actors/ray_logs.py for why it
+# lives in a module of its own).
+WORKER_SETUP_HOOK = "actors.ray_logs.quiet_ray_logs"
 
 
 def check_ray_temp_dir() -> None:
@@ -60,7 +63,7 @@ def init_ray(cfg: DictConfig) -> bool:
     """
     import ray
 
-    from actors.env_runner import quiet_ray_logs  # imports RLlib: keep this module light
+    from actors.ray_logs import quiet_ray_logs
 
     if ray.is_initialized():
         return False
@@ -82,7 +85,7 @@ def init_ray(cfg: DictConfig) -> bool:
                 log_to_driver=log_to_driver,
                 logging_level=quiet,
                 # every worker quiets Ray's informational lines before RLlib/Ray Train print them
-                runtime_env={"worker_process_setup_hook": "actors.env_runner.quiet_ray_logs"},
+                runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK},
             )
     else:
         label, address = target
