@@ -8,6 +8,7 @@ mw-reach: 100-step episodes, so four envs finish episodes within a few hundred s
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -79,6 +80,7 @@ def _train_until(algo: Any, sizes: list[int], done: Any, limit_s: float = 300) -
         sizes.append(int(algo.replay.refresh()[:, 0].sum()))
 
 
+@pytest.mark.heavy
 def test_distributed_run_survives_runner_and_shard_kills(
     ray_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -94,6 +96,7 @@ def test_distributed_run_survives_runner_and_shard_kills(
     sizes: list[int] = []
     try:
         _train_until(algo, sizes, lambda a: a.counters.updates >= 220)
+        assert algo.counters.env_steps % 4 == 0  # one vector step = 2 runners x 2 envs
         # DDP: both learners hold bit-identical weights after every update.
         first, second = _learner_digests(algo)
         assert first == second
@@ -169,12 +172,11 @@ def _cli(tmp_path: Path, ray_env: dict[str, str], *args: str) -> subprocess.Pope
 
 
 def _train_rows(tmp_path: Path) -> list[dict[str, str]]:
-    import csv
-
     path = next(tmp_path.rglob("train.csv"), None)
     return list(csv.DictReader(path.open())) if path else []
 
 
+@pytest.mark.heavy
 def test_async_run_survives_sigterm_and_resumes(ray_env: dict[str, str], tmp_path: Path) -> None:
     """Driver SIGTERM mid-run writes a checkpoint; resume=true continues the curve. In async
     mode the updates keep pace with the env steps (utd_ratio=1, backlog <= max_update_lag)."""
@@ -209,6 +211,9 @@ def test_async_run_survives_sigterm_and_resumes(ray_env: dict[str, str], tmp_pat
     resumed = _cli(tmp_path, ray_env, f"steps={stopped + 400}", "async=true", "resume=true")
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
+    assert "Traceback" not in err and "DeprecationWarning" not in err, err[-3000:]
+    evals = list(csv.DictReader(next(tmp_path.rglob("eval.csv")).open()))
+    assert [r["step"] for r in evals] == ["0"]  # evaluated on the remote runners at the start
     steps = [int(r["step"]) for r in _train_rows(tmp_path)]
     assert steps == sorted(steps) and steps[-1] > stopped  # the curve continues, no restart
     final = load_checkpoint(latest_checkpoint(str(run_dir)))["counters"]
