@@ -62,6 +62,7 @@ def head() -> Iterator[Head]:
         "RAY_AUTH_MODE": "token",
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # SIGTERM stops it at once
+        "RAY_worker_niceness": "0",  # as tests/ray_temp.py: not starved by the other worker
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # as `. .venv/bin/activate`
         "VIRTUAL_ENV": str(BIN.parent),
     }
@@ -139,6 +140,7 @@ def _assert_run_dir(work_dir: Path) -> None:
 # ------------------------------------------------------------------------- against a real head
 
 
+@pytest.mark.heavy
 def test_job_submit_with_working_dir_trains_to_completion(head: Head, tmp_path: Path) -> None:
     # The README's form: the project is uploaded (.venv and .git are not: Ray excludes them and
     # honours .gitignore) and the job's `ldmpc` runs from the head's venv on its PATH.
@@ -165,6 +167,7 @@ def test_job_submit_with_working_dir_trains_to_completion(head: Head, tmp_path: 
     assert pkgs and all(not (p / ".venv").exists() and (p / "ldmpc").is_dir() for p in pkgs)
 
 
+@pytest.mark.heavy
 def test_cli_joins_a_running_cluster_with_address(head: Head, tmp_path: Path) -> None:
     env = _driver_env()
     try:

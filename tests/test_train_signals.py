@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from ray_temp import ray_temp_env
 
 from actors.ray_init import SHIELD_ENV
 from ldmpc.checkpoint import load_checkpoint
@@ -36,23 +36,23 @@ TINY = [
 ]
 
 
+_RAY_ENVS = ExitStack()  # each run's private Ray dir, removed after its test
 _RAY_DIRS: list[str] = []
 
 
 @pytest.fixture(autouse=True)
 def _remove_ray_dirs() -> Iterator[None]:
     yield
-    for path in _RAY_DIRS:
-        shutil.rmtree(path, ignore_errors=True)
+    _RAY_ENVS.close()
+    _RAY_DIRS.clear()
 
 
 def _train(tmp: Path, *extra: str, own_group: bool = False) -> subprocess.Popen[str]:
     """`ldmpc train` with its own Ray temp dir; own_group: in a new session and process group,
     with the Ray shield on, as a batch job would run it."""
-    # Ray's socket paths must stay under 107 bytes: a short temp dir, not pytest's deep one.
-    ray_tmp = tempfile.mkdtemp(prefix="ldray", dir="/tmp")
-    _RAY_DIRS.append(ray_tmp)
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    ray_env = _RAY_ENVS.enter_context(ray_temp_env("ldray"))
+    _RAY_DIRS.append(ray_env["RAY_TMPDIR"])
+    env = {**os.environ, **ray_env}
     if own_group:
         env[SHIELD_ENV] = "1"
     args = [sys.executable, "-m", "ldmpc.cli", "train", *TINY, f"work_dir={tmp / 'runs'}", *extra]
@@ -80,6 +80,7 @@ def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float, rows: int
         time.sleep(0.5)
 
 
+@pytest.mark.heavy
 def test_sigterm_writes_final_checkpoint_and_resume_continues(tmp_path: Path) -> None:
     run_dir = tmp_path / "runs" / "mw-reach" / "1" / "default"
     proc = _train(tmp_path, "steps=1000000")
@@ -102,6 +103,7 @@ def test_sigterm_writes_final_checkpoint_and_resume_continues(tmp_path: Path) ->
     assert steps == sorted(steps) and steps[-1] > stopped_at  # the curve continues, no restart
 
 
+@pytest.mark.heavy
 def test_sigterm_to_the_whole_process_group_still_checkpoints(tmp_path: Path) -> None:
     """`timeout`/scancel signal every process of the job: Ray's own processes (GCS, raylet, a
     remote runner and a replay shard here) must outlive the driver's final checkpoint."""
