@@ -11,9 +11,11 @@ TRAIN_ARGS ?= task=cartpole-swingup model_size=1 batch_size=64 iterations=2 num_
 ARGS   ?=
 B      ?=
 QUICK  ?=
+# pytest-xdist workers for `make test` (0: one process, e.g. to debug with pdb)
+JOBS   ?= 2
 # Lower-case command-line variables are config keys: `make train task=mw-door-open obs=rgb` forwards
 # them after the budget, so they win over it (the CLI keeps the last value of a key).
-MAKE_VARS   := TRAIN_ARGS ARGS B QUICK PY PYTEST RUFF
+MAKE_VARS   := TRAIN_ARGS ARGS B QUICK JOBS PY PYTEST RUFF
 CONFIG_ARGS  = $(strip $(foreach v,$(filter-out $(MAKE_VARS),$(.VARIABLES)),$(if $(filter command line,$(origin $v)),$v=$($v))))
 
 .PHONY: setup train test lint format bench clean
@@ -23,9 +25,11 @@ setup:
 train: setup
 	$(PY) -m ldmpc.cli train $(TRAIN_ARGS) $(CONFIG_ARGS) $(ARGS)
 
-# --durations: the 25 slowest tests close every run, so CI logs say where the time goes
+# --durations: the 25 slowest tests close every run, so CI logs say where the time goes.
+# Whole modules go to the workers (module-scoped Rays start once); tests/conftest.py hands out
+# the ones with `heavy` runs first.
 test: setup
-	$(PYTEST) -q -m "not slow and not gpu" --durations=25 $(ARGS)
+	$(PYTEST) -q -n $(JOBS) --dist loadfile -m "not slow and not gpu" --durations=25 $(ARGS)
 
 lint: setup
 	$(RUFF) check . && $(RUFF) format --check .

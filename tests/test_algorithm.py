@@ -177,6 +177,7 @@ def test_stitcher_joins_chunks_across_sample_calls() -> None:
 
 
 # ---------------------------------------------------------------------------------- real Ray
+@pytest.mark.heavy
 def test_training_loop_replay_utd_and_weight_sync(
     local_ray: None, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -244,6 +245,7 @@ def _check_nonfinite_loss_is_skipped(algo: Any, monkeypatch: pytest.MonkeyPatch)
         assert torch.equal(st["exp_avg"], after["optim"]["state"][i]["exp_avg"])
 
 
+@pytest.mark.heavy
 def test_checkpoint_and_resume_continue_the_run(local_ray: None, tmp_path: Any) -> None:
     from ldmpc.algorithm import replay_dir, run_training
     from ldmpc.replay import EpisodeReplay
@@ -304,6 +306,7 @@ def _csv_rows(run_dir: str, name: str) -> list[str]:
         return fh.read().splitlines()[1:]
 
 
+@pytest.mark.heavy
 def test_multitask_run_trains_checkpoints_and_resumes(
     local_ray: None, tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:

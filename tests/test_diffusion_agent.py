@@ -265,6 +265,7 @@ def test_state_round_trip_plans_identically() -> None:
     torch.testing.assert_close(a.act(obs, eval_mode=True)[0], b.act(obs, eval_mode=True)[0])
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("switches", [["dynamics=diffusion", "proposal=both", "planner=ssr"]])
 def test_train_cli_with_diffusion_switches(tmp_path: Path, switches: list[str]) -> None:
     """A real (tiny) local run: env, RLlib loop, learner, eval, CSV."""

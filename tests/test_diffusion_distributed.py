@@ -54,6 +54,7 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+@pytest.mark.heavy
 def test_diffusion_switches_train_resume_and_eval_distributed(
     ray_env: dict[str, str], tmp_path: Path
 ) -> None:

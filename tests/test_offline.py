@@ -278,6 +278,7 @@ def reward_r2(checkpoint: Path | None, episodes: list[dict]) -> float:
     return float(1 - ((pred - reward) ** 2).mean() / reward.var())
 
 
+@pytest.mark.heavy
 def test_offline_training_learns_the_reward(data: dict[str, Any], tmp_path: Path) -> None:
     dataset = arrow_dataset(tmp_path / "arrow", data["train"], [TASK])
     work = tmp_path / "runs"

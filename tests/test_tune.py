@@ -165,6 +165,7 @@ def test_unplaceable_trial_is_one_line(
     assert not ray.is_initialized()  # the local Ray it started is shut down
 
 
+@pytest.mark.heavy
 def test_asha_sweep_of_two_trials(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], ray_tmp: None
 ) -> None:
