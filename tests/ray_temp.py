@@ -15,9 +15,9 @@ def ray_temp_env(prefix: str = "ldr") -> Iterator[dict[str, str]]:
     The directory is short on purpose: Ray's AF_UNIX socket paths must stay under 107 bytes, so
     pytest's deep tmp_path will not do. RAY_ADDRESS is emptied so that a cluster started
     elsewhere on this machine is never joined; usage stats stay off (no network here). Ray's
-    workers run at niceness 0 instead of Ray's default 15: with `make test`'s two pytest workers,
-    a niced actor starves while the other worker computes, which doubled these tests' time. Callers
-    merge the dict into a child's environment or set it with monkeypatch.
+    workers run at niceness 0, not Ray's default 15, so that under `make test`'s two pytest
+    workers a test's actors share the cores with the other worker on equal terms. Callers merge
+    the dict into a child's environment or set it with monkeypatch.
     """
     temp = tempfile.mkdtemp(prefix=prefix)
     try:
