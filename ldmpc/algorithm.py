@@ -58,7 +58,7 @@ from actors.planner_module import PlannerModule, module_config, to_batch_major
 from actors.ray_init import init_ray
 from actors.replay_shard import ShardedReplay
 from ldmpc.agent import check_nonfinite_streak
-from ldmpc.cadence import Every
+from ldmpc.cadence import Every, eval_cadence
 from ldmpc.envs.multitask import multitask_episode
 from ldmpc.errors import UserError
 from ldmpc.replay import EpisodeReplay, replay_args
@@ -558,7 +558,7 @@ def _train(algo: LdmpcAlgorithm, cfg: DictConfig, on_eval: EvalHook | None) -> d
     log = RunLogger(cfg, start_step=start, resumed=start > 0)
     evaluator = Evaluator(cfg)
     rate = Rate(start, algo.counters.updates)
-    evals = Every(cfg.eval_freq, start, fire_at_start=start == 0)  # TD-MPC2 evaluates step 0
+    evals = eval_cadence(cfg.eval_freq, start, log.missing_eval_at)
     checkpoints = Every(cfg.checkpoint_freq, start, fire_at_start=False)
     last_eval: dict[str, float] | None = None
     try:

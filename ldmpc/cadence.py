@@ -6,6 +6,8 @@ evaluates and checkpoints at exact step multiples, and a resumed run must keep t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class Every:
     """Fires once each time the step reaches the next multiple of `every` (never if 0)."""
@@ -24,3 +26,14 @@ class Every:
             return False
         self.next_at = (step // self.every + 1) * self.every
         return True
+
+
+def eval_cadence(every: int, start: int, missing_eval_at: Callable[[int], bool]) -> Every:
+    """When a run evaluates: each multiple of `every`, step 0 included (as TD-MPC2).
+
+    A resume at an eval step evaluates it first when its eval is missing from the log: a run
+    writes its checkpoint at such a step before the eval, so a stop in between would leave a
+    hole in the learning curve.
+    """
+    owed = every > 0 and start % every == 0 and missing_eval_at(start)
+    return Every(every, start, fire_at_start=start == 0 or owed)

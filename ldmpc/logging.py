@@ -158,6 +158,16 @@ class RunLogger:
         self._wandb = _init_wandb(cfg) if cfg.enable_wandb else None
         self._step = start_step
 
+    def missing_eval_at(self, step: int) -> bool:
+        """eval.csv has no row for `step` (False without CSVs: then nobody can tell).
+
+        A run writes its checkpoint at an eval step before that eval, so a stop in between
+        resumes at the step with its eval still owed.
+        """
+        if not self.cfg.save_csv:
+            return False
+        return all(int(float(r["step"])) != step for r in self.eval_csv.rows())
+
     @property
     def elapsed(self) -> float:
         return time.time() - self.start_time

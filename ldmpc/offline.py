@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from ldmpc.agent import check_nonfinite_streak
-from ldmpc.cadence import Every
+from ldmpc.cadence import Every, eval_cadence
 from ldmpc.errors import UserError
 from ldmpc.evaluate import evaluate_at
 
@@ -87,7 +87,7 @@ def run_offline(cfg: DictConfig) -> dict[str, Any]:
     start = resume(agent, replay, dataset, cfg) if cfg.resume else 0
     log = RunLogger(cfg, start_step=start, resumed=start > 0)
     losses = LossLog(cfg, start, log.start_time)
-    evals = Every(cfg.eval_freq, start, fire_at_start=start == 0)
+    evals = eval_cadence(cfg.eval_freq, start, log.missing_eval_at)
     checkpoints = Every(cfg.checkpoint_freq, start, fire_at_start=False)
     step, last_eval, path = start, None, None
     try:

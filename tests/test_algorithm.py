@@ -271,6 +271,13 @@ def test_checkpoint_and_resume_continue_the_run(local_ray: None, tmp_path: Any) 
     assert steps == sorted(steps) and len(steps) == second["episodes"]
     assert [line.split(",")[0] for line in _csv_rows(cfg.run_dir, "eval.csv")] == ["0"]
 
+    # Resumed at an eval step without its eval row (a stop between that step's checkpoint and
+    # its eval): the owed eval runs first, so the curve has no hole.
+    end = second["env_steps"]
+    third = run_training(tiny_cfg(tmp_path, f"steps={end}", "resume=true", f"eval_freq={end}"))
+    assert third["env_steps"] == end
+    assert [line.split(",")[0] for line in _csv_rows(cfg.run_dir, "eval.csv")] == ["0", str(end)]
+
 
 def test_restored_state_does_not_replay_step_zero_randomness(
     local_ray: None, tmp_path: Any

@@ -77,3 +77,23 @@ def test_multitask_columns_and_curve(tmp_path) -> None:
     assert float(log.eval_csv.rows()[-1]["score/c-d"]) == 4.0
     assert log.train_csv.rows()[-1]["task"] == "c-d"
     assert os.path.getsize(os.path.join(cfg.run_dir, "curve.png")) > 0
+
+
+def test_a_resume_owes_only_the_eval_missing_at_its_step(tmp_path) -> None:
+    from ldmpc.cadence import eval_cadence
+
+    cfg = _cfg(tmp_path)
+    log = RunLogger(cfg)
+    log.log_eval(0, {"episode_reward": 1.0})
+    log.close()
+    resumed = RunLogger(cfg, start_step=50, resumed=True)  # stopped before its eval at 50
+    assert resumed.missing_eval_at(50) and not resumed.missing_eval_at(0)
+    assert eval_cadence(50, 50, resumed.missing_eval_at).due(50)  # the owed eval runs first
+    fresh = eval_cadence(50, 0, resumed.missing_eval_at)
+    assert fresh.due(0) and not fresh.due(49) and fresh.due(50)  # step 0 first, as TD-MPC2
+    off_grid = eval_cadence(50, 75, resumed.missing_eval_at)  # a SIGTERM checkpoint at 75
+    assert not off_grid.due(75) and off_grid.due(100)
+    resumed.log_eval(50, {"episode_reward": 2.0})
+    assert not eval_cadence(50, 50, resumed.missing_eval_at).due(50)  # logged: not owed again
+    assert not eval_cadence(0, 50, resumed.missing_eval_at).due(50)  # eval_freq=0: never
+    resumed.close()
