@@ -1,9 +1,3 @@
-"""Ray side of ldmpc: env runners (planner RLModule) and, later, replay shard actors.
-
-Importing ray.rllib imports dm_control, which fixes its OpenGL backend at that moment from
-MUJOCO_GL; so the headless backend is chosen here, before any submodule imports ray.rllib.
-"""
-
-from ldmpc.envs.render import configure_mujoco_gl
-
-configure_mujoco_gl()
+"""The Ray layer, acting side: the RLlib Algorithm (the training loop), env runners with the
+planner RLModule, sharded replay actors, Ray start-up and Tune sweeps. Imports the core
+(`ldmpc`) and `learner`; nothing below imports it (docs/design.md §5)."""

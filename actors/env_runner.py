@@ -17,7 +17,7 @@ from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 
-from actors.ray_logs import quiet_ray_logs
+from actors.worker_setup import quiet_ray_logs
 
 ENV_NAME = "ldmpc-env"  # the name the env runners create their sub-envs by
 SEED_STRIDE = 10_000  # seed offset between env runners: runner w, sub-env i -> seed + w*S + i
@@ -73,7 +73,7 @@ class LdmpcEnvRunner(SingleAgentEnvRunner):
     """
 
     def __init__(self, *, config: Any, **kwargs: Any) -> None:
-        if kwargs.get("worker_index"):  # a remote actor: pin its torch threads (DESIGN.md §3.3)
+        if kwargs.get("worker_index"):  # a remote actor: pin its torch threads (design §3.3)
             from ldmpc.runtime import set_actor_threads
 
             set_actor_threads(config)

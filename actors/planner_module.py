@@ -6,9 +6,10 @@ RLlib's env-to-module connector (`AddStatesFromEpisodesToBatch`) feeds `get_init
 for every episode that has no steps yet, so the warm start is reset at each episode start
 without any bookkeeping here; the `first` flag in the state tells the agent which envs those are.
 
-On the learner side the same module holds the world model; `_forward_train` computes the whole
-TD-MPC2 loss (world model + policy through a detached Q) so that a DDP wrapper sees one forward
-and the learner does one backward (DESIGN.md §3.3).
+On the learner side the same module holds the world model; the learner's `ldmpc.update.Update`
+trains it. Under DDP the loss must be computed inside the wrapped module's forward, so
+`_forward_train` gives the whole TD-MPC2 loss (world model + policy through a detached Q) and
+the learner does one backward over it (docs/design.md §3.3).
 """
 
 from __future__ import annotations
@@ -24,9 +25,6 @@ from ldmpc.agent import Agent
 from ldmpc.compile import maybe_compile
 from ldmpc.losses import total_loss
 
-# Replay windows are time-major ([H+1, B, ...]); RLlib splits batches along dim 0, so they
-# travel batch-major and are flipped back here. Other columns (task [B]) are batch-major.
-TIME_MAJOR_KEYS = ("obs", "action", "reward", "terminated")
 FIRST = "first"  # state key: 1.0 while the env has not been planned for in this episode
 
 
@@ -39,16 +37,6 @@ def module_config(cfg: DictConfig) -> dict[str, Any]:
     return {"ldmpc": OmegaConf.to_container(cfg, resolve=True), "max_seq_len": 1}
 
 
-def to_time_major(batch: dict[str, Any]) -> dict[str, Any]:
-    """Batch-major transport batch -> the time-major batch the losses expect."""
-    return {k: (v.transpose(0, 1) if k in TIME_MAJOR_KEYS else v) for k, v in batch.items()}
-
-
-def to_batch_major(batch: dict[str, Any]) -> dict[str, Any]:
-    """Replay's time-major numpy batch -> batch-major, so RLlib can shard it along dim 0."""
-    return {k: (v.swapaxes(0, 1) if k in TIME_MAJOR_KEYS else v) for k, v in batch.items()}
-
-
 class PlannerModule(TorchRLModule):
     """Holds an `ldmpc.agent.Agent`; acting plans with it, training returns the TD-MPC2 loss."""
 
@@ -58,13 +46,13 @@ class PlannerModule(TorchRLModule):
         self.cfg: DictConfig = cfg
         # The agent is built on the CPU; RLlib then moves this module to its device (see _apply).
         # It is not an nn.Module: its model and Q scale are registered here, so they are this
-        # module's weights (optimizers, weight sync, DDP, RLlib checkpoints).
-        self.__dict__["agent"] = Agent(cfg, torch.device("cpu"))
+        # module's weights (optimizers, weight sync, DDP, RLlib checkpoints). It builds no
+        # optimizers: on a learner, the learner attaches its update (TdmpcLearner).
+        self.__dict__["agent"] = Agent(cfg, torch.device("cpu"), learn=False)
         self.model = self.agent.model
         self.scale = self.agent.scale
         self._obs_ndim = len(cfg.obs_shape)
-        self._pending_scale: torch.Tensor | None = None
-        # Planning is compiled inside the agent; the learner compiles the loss (eager fallback).
+        # Planning is compiled inside the agent; under DDP the loss is compiled here.
         compile_loss = bool(cfg.compile) and not self.inference_only
         self._loss = maybe_compile(total_loss, compile_loss, "loss")
 
@@ -115,27 +103,10 @@ class PlannerModule(TorchRLModule):
 
     # ------------------------------------------------------------------ training
     def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """The whole TD-MPC2 loss of one replay batch (the learner only backprops it).
-
-        The candidate Q-scale is kept until `commit_update()`, so a skipped step leaves it as is.
-        """
-        loss, metrics, new_scale = self._loss(
-            self.model, to_time_major(dict(batch)), self.agent.cfg, self.scale
-        )
-        self._pending_scale = new_scale
+        """The whole TD-MPC2 loss of one time-major replay batch (`ldmpc.losses`): used under
+        DDP only, where the rollout has to run inside the wrapper's forward."""
+        loss, metrics, new_scale = self._loss(self.model, batch, self.agent.cfg, self.scale)
         return {"loss": loss, "info": metrics, "new_scale": new_scale}
-
-    def commit_update(self) -> None:
-        """After a successful optimizer step (target-Q EMA, Q scale, counters: the agent's)."""
-        if self._pending_scale is None:
-            raise RuntimeError("commit_update() without a preceding _forward_train()")
-        self.agent.commit_update(self._pending_scale)
-        self._pending_scale = None
-
-    def skip_update(self) -> None:
-        """A non-finite step was dropped: forget the candidate scale, count the skip."""
-        self._pending_scale = None
-        self.agent.skip_update()
 
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         return self._plan(batch, eval_mode=True)

@@ -1,7 +1,6 @@
 """Ray side: joining or starting Ray for a run (temp dir, logging, resources, address).
 
-It lives in `actors/` because it imports ray: only `ldmpc/algorithm.py` and `ldmpc/cli.py` of
-the `ldmpc` package may (DESIGN.md §1).
+It lives in `actors/` because it imports ray; the core never does (docs/design.md §5).
 
 `address=` (else RAY_ADDRESS, which `ray job submit` sets for its jobs) joins a running cluster;
 null starts a private local Ray. An address is probed with a plain TCP connect first: ray.init
@@ -39,9 +38,9 @@ _H2_SETTINGS = 0x04
 CLUSTER_WAIT_S = float(os.environ.get("LDMPC_CLUSTER_WAIT_S", "600"))
 _POLL_S = 5.0
 SHIELD_ENV = "LDMPC_SHIELD_RAY"
-# Every worker Ray starts for a local run calls this first (see actors/ray_logs.py for why it
-# lives in a module of its own).
-WORKER_SETUP_HOOK = "actors.ray_logs.quiet_ray_logs"
+# Every worker Ray starts for a run (local or joined) calls this first (see
+# actors/worker_setup.py for why it lives in a module of its own).
+WORKER_SETUP_HOOK = "actors.worker_setup.setup_worker"
 
 
 def check_ray_temp_dir() -> None:
@@ -63,7 +62,7 @@ def init_ray(cfg: DictConfig) -> bool:
     """
     import ray
 
-    from actors.ray_logs import quiet_ray_logs
+    from actors.worker_setup import quiet_ray_logs
 
     if ray.is_initialized():
         return False
@@ -84,7 +83,7 @@ def init_ray(cfg: DictConfig) -> bool:
                 dashboard_host="127.0.0.1",
                 log_to_driver=log_to_driver,
                 logging_level=quiet,
-                # every worker quiets Ray's informational lines before RLlib/Ray Train print them
+                # every worker quiets Ray's lines and picks the GL backend before importing RLlib
                 runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK},
             )
     else:
@@ -198,7 +197,13 @@ def _join(label: str, address: str, *, log_to_driver: bool, level: int) -> None:
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     try:
         with _stderr_kept_on_success():
-            ray.init(address=address, log_to_driver=log_to_driver, logging_level=level)
+            ray.init(
+                address=address,
+                log_to_driver=log_to_driver,
+                logging_level=level,
+                # merged with a submitted job's runtime_env (Ray raises only on a conflict)
+                runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK},
+            )
     except ConnectionError as err:
         if "InvalidAuthToken" in _chain(err) or "AuthenticationError" in _chain(err):
             raise UserError(

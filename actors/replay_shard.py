@@ -2,7 +2,7 @@
 
 Why shards: one replay in the driver makes the driver hold all episodes and do all sampling work;
 K actors spread memory, sampling and snapshot I/O over processes (and nodes), and a crash costs
-one shard, which comes back from its own Arrow files (DESIGN.md §3.3, §4).
+one shard, which comes back from its own Arrow files (docs/design.md §3.3, §4).
 
 - `ReplayShard`: a plain class (usable without Ray) wrapping one `EpisodeReplay` and one snapshot
   directory. `remote_shard_class()` turns it into a Ray actor with `max_restarts=-1`, so importing
@@ -81,7 +81,7 @@ def _was_reconstructed() -> bool:
 
 def _pin_threads(threads: int) -> None:
     """Several actors share few cores and 2-core boxes stall when each one spins up all of them
-    (DESIGN.md §3.3). A shard never imports torch itself (it costs ~2 s per start), so torch is
+    (docs/design.md §3.3). A shard never imports torch itself (it costs ~2 s per start), so torch is
     pinned only where something else loaded it; numpy's indexing and copies here use one thread.
     """
     if "torch" in sys.modules:

@@ -25,7 +25,9 @@ def main(argv: list[str]) -> int:
         )
         return 2
     from ldmpc.errors import UserError
+    from ldmpc.mujoco_gl import configure_mujoco_gl
 
+    configure_mujoco_gl()  # at process start, before a benchmark imports dm_control
     for name in names:
         print(f"=== benchmark {name} ===", flush=True)
         try:

@@ -1,6 +1,6 @@
 """Shared benchmark helpers: interleaved timing (A/B alternated, medians) and CSV rows.
 
-These VMs have multi-second bursts where torch runs ~5x slower (DESIGN.md §3.4): timing A and B
+These VMs have multi-second bursts where torch runs ~5x slower (docs/design.md §3.4): timing A and B
 in alternation and reporting medians keeps a burst from landing on one side only.
 """
 

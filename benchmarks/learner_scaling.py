@@ -24,8 +24,8 @@ TOPOLOGIES = {"local": 0, "1 learner": 1, "2 learners": 2}
 def updates_per_s(learners: int, updates: int) -> float:
     import ray
 
+    from actors.algorithm import build_algorithm
     from actors.ray_init import init_ray
-    from ldmpc.algorithm import build_algorithm
     from ldmpc.config import load
 
     work = tempfile.mkdtemp(prefix="ldb")

@@ -2,7 +2,7 @@
 
 Runs `ldmpc train` as a subprocess with checkpoints under benchmarks/results/learning/; a second
 invocation continues it (`resume=true`), so a long run can span several sessions. At the end it
-prints the eval curve beside TD-MPC2's public returns at the same steps (DESIGN.md §3.1).
+prints the eval curve beside TD-MPC2's public returns at the same steps (docs/design.md §3.1).
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 Local mode acts and learns in one process, one after the other. `async=true` with one remote
 runner plans on one core while the driver learns on the other, so on 2 cores the ratio should
-approach 2x when acting and learning cost about the same (DESIGN.md §3.4); in general the bound is
-(act + learn) / max(act, learn), from local mode's own time split (`ideal_vs_local`). Both run
-utd_ratio=1 after a short seed phase; the measured updates per step shows the ratio held.
-Alternated, medians reported.
+approach 2x when acting and learning cost about the same (docs/design.md §3.4); in general the
+bound is (act + learn) / max(act, learn), from local mode's own time split (`ideal_vs_local`).
+Both run utd_ratio=1 after a short seed phase; the measured updates per step shows the ratio
+held. Alternated, medians reported.
 """
 
 from __future__ import annotations

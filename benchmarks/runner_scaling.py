@@ -3,8 +3,9 @@ against 1x1, at the `make train` planning budget (issue 6).
 
 Learning is nearly off (utd_ratio=0.001) so the figure is acting alone: each runner steps its
 vector env and plans for all its envs in one batched call. On a CPU, batching amortizes dispatch
-overhead only (the FLOPs per env stay, DESIGN.md §3.4), so 1x8 gains less than on a GPU; a second
-runner adds a core. Topologies are measured in alternation, `repeats` times; medians reported.
+overhead only (the FLOPs per env stay, docs/design.md §3.4), so 1x8 gains less than on a GPU; a
+second runner adds a core. Topologies are measured in alternation, `repeats` times; medians
+reported.
 """
 
 from __future__ import annotations

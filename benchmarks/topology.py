@@ -26,8 +26,8 @@ def measure(overrides: list[str], warm_steps: int, timed_steps: int) -> dict[str
     """Env steps/s and updates/s of one topology between `warm_steps` and +`timed_steps`."""
     import ray
 
+    from actors.algorithm import build_algorithm
     from actors.ray_init import init_ray
-    from ldmpc.algorithm import build_algorithm
     from ldmpc.config import load
     from ldmpc.runtime import set_threads
 

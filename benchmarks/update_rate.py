@@ -1,6 +1,6 @@
 """ms per gradient update at model_size 1 and 5, batch 256, compile off vs on (same run).
 
-The reference is TD-MPC2's own code measured on this machine kind (DESIGN.md §3.4, 2 threads):
+The reference is TD-MPC2's own code measured on this machine kind (docs/design.md §3.4, 2 threads):
 125 ms (size 1) and 488 ms (size 5). Target: <= 0.75x of those.
 """
 
@@ -56,7 +56,7 @@ def main() -> None:
             }
         )
     print(table(rows))
-    print("tdmpc2_ref_ms: TD-MPC2's code on this machine kind at 2 threads (DESIGN.md §3.4)")
+    print("tdmpc2_ref_ms: TD-MPC2's code on this machine kind at 2 threads (docs/design.md §3.4)")
     print(f"rows appended to {append_rows('update_rate', rows)}")
 
 

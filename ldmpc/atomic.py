@@ -1,6 +1,6 @@
 """Crash-safe file writes: a reader sees either the old file or the complete new one.
 
-Checkpoints and replay snapshots must survive a kill at any instant (DESIGN.md §4, "nothing is
+Checkpoints and replay snapshots must survive a kill at any instant (docs/design.md §4, "nothing is
 lost"). Every write goes to a temp file in the *same* directory (so the final rename never crosses
 filesystems), is flushed and fsynced, then `os.replace`d over the target; the directory is fsynced
 too so the rename itself is durable. Temp files carry TMP_MARKER so a later run can sweep them.

@@ -1,4 +1,4 @@
-"""`ldmpc train|eval|tune|bench|tasks` with TD-MPC2-style `key=value` overrides.
+"""`ldmpc train|eval|tune|tasks|data` with TD-MPC2-style `key=value` overrides.
 
 Every user mistake ends as ONE line on stderr and exit code 2 (`UserError`); anything else is a
 bug and keeps its traceback. `LDMPC_DEBUG=1` shows tracebacks for user errors too.
@@ -18,7 +18,6 @@ COMMANDS = {
     "train": "train an agent: ldmpc train task=cartpole-swingup model_size=1 steps=100000",
     "eval": "evaluate a checkpoint: ldmpc eval task=... checkpoint=path [eval_episodes=10]",
     "tune": "run a Ray Tune sweep: ldmpc tune tune_configs/<file>.yaml [key=value ...]",
-    "bench": "run a benchmark: ldmpc bench <name> (see benchmarks/)",
     "tasks": "list the registered tasks, grouped by suite, and which suites work here",
     "data": "datasets: ldmpc data convert src=<dir|file.pt> dst=<dir|file.pt> [task=...]",
 }
@@ -91,7 +90,7 @@ def cmd_train(args: list[str]) -> int:
     from actors.ray_init import cluster_address
 
     cluster_address(cfg)  # a bad address= is one line now, not after RLlib's ~5 s import
-    from ldmpc.algorithm import run_training
+    from actors.algorithm import run_training
 
     run_training(cfg)
     return 0
@@ -116,10 +115,6 @@ def cmd_tune(args: list[str]) -> int:
     from actors.sweep import run_sweep  # imports ray lazily, only once the file is checked
 
     return run_sweep(args[0], args[1:])
-
-
-def cmd_bench(args: list[str]) -> int:
-    raise UserError("`ldmpc bench` is not wired yet; run `make bench` or `make bench B=<name>`")
 
 
 def cmd_data(args: list[str]) -> int:
@@ -162,7 +157,6 @@ HANDLERS: dict[str, Callable[[list[str]], int]] = {
     "train": cmd_train,
     "eval": cmd_eval,
     "tune": cmd_tune,
-    "bench": cmd_bench,
     "tasks": cmd_tasks,
     "data": cmd_data,
 }
@@ -181,6 +175,9 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ldmpc.mujoco_gl import configure_mujoco_gl
+
+    configure_mujoco_gl()  # at process start, before anything imports dm_control (ray.rllib does)
     try:
         return run(argv)
     except UserError as err:

@@ -117,7 +117,7 @@ class Config:
     num_q: int = _f(5, "Q-ensemble size (set by model_size unless given)")
     dropout: float = _f(0.01, "dropout in the Q-networks")
     simnorm_dim: int = _f(8, "SimNorm group size (must divide latent_dim)")
-    # diffusion extensions (DESIGN.md §3.2)
+    # diffusion extensions (docs/design.md §3.2)
     dynamics: str = _f("mlp", "latent dynamics: mlp | diffusion")
     proposal: str = _f("policy", "planner proposals: policy | diffusion | both")
     planner: str = _f("mppi", "planner: mppi | ssr (sample-score-rank)")

@@ -3,7 +3,7 @@
 `total_loss` returns ONE scalar whose single backward trains every part with its own objective:
 the world model (encoder, dynamics, reward, Q) through consistency + reward CE + value CE, and
 the policy prior through -Q/scale - entropy bonus, where Q is read with detached parameters and the
-latents are detached, so the policy loss moves only the policy (DESIGN.md §3.3, DDP-safe).
+latents are detached, so the policy loss moves only the policy (docs/design.md §3.3, DDP-safe).
 
 Batch format (time-major): obs [H+1, B, *obs_shape], action [H, B, A], reward [H, B, 1],
 optional terminated [H, B, 1] (default zeros: DMC never terminates) and task [B] (long).

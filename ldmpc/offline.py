@@ -17,10 +17,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from ldmpc.agent import check_nonfinite_streak
 from ldmpc.cadence import Every, eval_cadence
 from ldmpc.errors import UserError
 from ldmpc.evaluate import evaluate_at
+from ldmpc.update import check_nonfinite_streak
 
 LOG_EVERY = 100  # updates per offline.csv row (and progress refresh)
 LOSS_FIELDS = [

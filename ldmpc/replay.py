@@ -1,7 +1,7 @@
 """Episode replay: whole episodes in one flat ring, windows that never cross an episode boundary.
 
 Why not RLlib's EpisodeReplayBuffer: it samples Dreamer-style windows that run across episode ends
-(DESIGN.md §3.3); TD-MPC2 needs `horizon+1` consecutive observations of ONE episode.
+(docs/design.md §3.3); TD-MPC2 needs `horizon+1` consecutive observations of ONE episode.
 
 Layout: an episode of T transitions occupies T+1 consecutive *rows* of flat arrays
 (obs row t = o_t; action/reward/terminated row t = a_t, r_t, d_t; the last row's action/reward are

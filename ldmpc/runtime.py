@@ -22,7 +22,7 @@ def resolve_device(name: str) -> torch.device:
 def set_threads(requested: int) -> int:
     """Pin torch's intra-op threads; 0 means the cores this process may use.
 
-    On a 2-core box, several processes each using all cores stall each other (DESIGN.md §3.3),
+    On a 2-core box, several processes each using all cores stall each other (docs/design.md §3.3),
     so every actor and the driver calls this with its share.
     """
     n = requested or len(os.sched_getaffinity(0))

@@ -1,7 +1,7 @@
 """Sweep files for `ldmpc tune`: read, check and describe them, without Ray.
 
 Why a separate module: every mistake in a sweep file must end as one line before Ray starts
-(DESIGN.md §4), and these checks are plain Python that tests run in milliseconds. `sweep.py`
+(docs/design.md §4), and these checks are plain Python that tests run in milliseconds. `sweep.py`
 turns the checked `SweepSpec` into Ray Tune objects.
 
 Format (YAML; every key but `search` and `base` is optional):

@@ -3,7 +3,7 @@
 There is no decoder: the latent is trained only to predict rewards, values and itself
 (consistency), which is what planning needs. The target Q-ensemble is a set of buffers (EMA of the
 live Q parameters); the policy loss reads Q through detached parameters, so one backward pass
-over world-model loss + policy loss trains each part with its own objective (DESIGN.md §3.3).
+over world-model loss + policy loss trains each part with its own objective (docs/design.md §3.3).
 """
 
 from __future__ import annotations
@@ -59,9 +59,12 @@ class WorldModel(nn.Module):
         self._pi = mlp(L + T, 2 * [cfg.mlp_dim], 2 * A)
         self._Qs = QEnsemble(cfg.num_q, L + A + T, 2 * [cfg.mlp_dim], cfg.num_bins, cfg.dropout)
         self.apply(weight_init)
-        # Diffusion parts (DESIGN.md §3.2), built only when switched on; own inits (adaLN-zero).
+        # Diffusion parts (docs/design.md §3.2), built only when switched on; own inits
+        # (adaLN-zero).
         self.diffusion_dynamics = cfg.dynamics == "diffusion"
         self.diffusion_proposals = cfg.proposal in ("diffusion", "both")
+        self._diff_dynamics: nn.Module | None = None
+        self._proposals: nn.Module | None = None
         if self.diffusion_dynamics:
             from ldmpc.diffusion.latent_dynamics import DiffusionDynamics
 

@@ -1,9 +1,2 @@
-"""Ray side of ldmpc: the TorchLearner that owns the optimizers and runs the update.
-
-Like `actors`, choose MuJoCo's headless GL backend before any submodule imports ray.rllib
-(which imports dm_control, fixing the backend from MUJOCO_GL at that moment).
-"""
-
-from ldmpc.envs.render import configure_mujoco_gl
-
-configure_mujoco_gl()
+"""The Ray layer, learning side: the RLlib TorchLearner that owns the optimizers and runs the
+core's one update (`ldmpc.update.Update`). Imports the core only (docs/design.md §5)."""

@@ -1,16 +1,21 @@
-"""TD-MPC2's update as an RLlib TorchLearner: one forward, ONE backward, clip, step, EMA.
+"""TD-MPC2's update as an RLlib TorchLearner: the Learner owns the optimizers and runs the update.
 
-Mapping onto RLlib's update (`TorchLearner._uncompiled_update`):
-- forward_train: `PlannerModule._forward_train` returns the total loss (world model + policy
-  through a detached Q), so a DDP-wrapped module sees a single forward and backward.
-- optimizers: the agent's own two Adams ("model": encoder at lr*enc_lr_scale, the rest at lr;
-  "pi": eps 1e-5), registered with RLlib. No lr schedule is registered, so RLlib never
-  overwrites the per-group learning rates. Their state is part of `Agent.state_dict()`.
-- grad clip: RLlib's per-optimizer global-norm clipping (`grad_clip`, `grad_clip_by`), i.e.
-  TD-MPC2's separate clipping of the world-model and the policy parameters.
-- non-finite loss, gradients or Q scale: the step is skipped (weights, optimizer state, target
-  Q and scale untouched) and counted, as `Agent.update` does (DESIGN.md §4). One host sync.
-- target-Q EMA and the Q-scale commit: `after_gradient_based_update`, once per update.
+Where RLlib users look:
+- `configure_optimizers_for_module` builds TD-MPC2's two Adams (`ldmpc.update.build_optimizers`:
+  "model" with the encoder at lr * enc_lr_scale, "pi" with eps 1e-5) and registers them, so
+  RLlib checkpoints them. No lr schedule is registered, so RLlib never overwrites the
+  per-group learning rates. Env runners build no optimizers.
+- `_update` runs ONE `ldmpc.update.Update` per module: loss, one backward, per-part gradient
+  clipping, finite check, optimizer step, target-Q EMA and Q scale. That object is the same one
+  the offline loop and local scripts use, so the update exists once (docs/design.md §3.3).
+  This departs from RLlib's split of the update into `compute_loss_for_module` /
+  `compute_gradients` / `postprocess_gradients` / `apply_gradients` on purpose: TD-MPC2's loss is
+  a latent rollout (many calls of the model), the step is skipped as a whole when anything is
+  non-finite, and the whole gradient computation is compiled as one function (`compile=true`);
+  spread over RLlib's hooks it would be a second implementation of the update.
+- `compute_loss_for_module` gives the TD-MPC2 loss of one module's forward outputs. Under DDP
+  (`num_learners >= 2`) the loss is computed inside the wrapped module's `forward_train` (the
+  rollout must run inside DDP's forward for its gradient hooks), and read back from here.
 """
 
 from __future__ import annotations
@@ -19,69 +24,87 @@ from typing import Any
 
 import torch
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
-from ray.rllib.utils.typing import ModuleID, ParamDict, TensorType
+from ray.rllib.utils.annotations import override
+from ray.rllib.utils.typing import ModuleID, TensorType
 
+from ldmpc.losses import Batch
+from ldmpc.update import LossOut, Update, build_optimizers
+
+# Replay windows are time-major ([H+1, B, ...]); RLlib splits batches along dim 0, so they
+# travel batch-major and are flipped back before the update. Other columns (task [B]) are
+# batch-major.
+TIME_MAJOR_KEYS = ("obs", "action", "reward", "terminated")
 NONFINITE_TOTAL = "nonfinite_updates"
 NONFINITE_STREAK = "nonfinite_streak"
 
 
-class TdmpcLearner(TorchLearner):
-    """Learner = optimizers + the update step; the loss math lives in ldmpc (losses, agent)."""
+def to_time_major(batch: dict[str, Any]) -> dict[str, Any]:
+    """Batch-major transport batch -> the time-major batch the losses expect."""
+    return {k: (v.transpose(0, 1) if k in TIME_MAJOR_KEYS else v) for k, v in batch.items()}
 
+
+def to_batch_major(batch: dict[str, Any]) -> dict[str, Any]:
+    """Replay's time-major numpy batch -> batch-major, so RLlib can shard it along dim 0."""
+    return {k: (v.swapaxes(0, 1) if k in TIME_MAJOR_KEYS else v) for k, v in batch.items()}
+
+
+class TdmpcLearner(TorchLearner):
+    """Learner = optimizers + the update; the math lives in ldmpc (losses, update)."""
+
+    @override(TorchLearner)
     def build(self) -> None:
         if self.config.num_learners > 0:  # a remote actor: pin its torch threads (§3.3)
             from ldmpc.runtime import set_actor_threads
 
             set_actor_threads(self.config)
+        self._updates: dict[ModuleID, Update] = {}
         super().build()
-        self._step_ok = True
-        self._fwd_out: dict[ModuleID, dict[str, Any]] = {}
 
+    @override(TorchLearner)
     def configure_optimizers_for_module(self, module_id: ModuleID, config: Any = None) -> None:
-        agent = self.module[module_id].unwrapped().agent
-        for name, optimizer in (("model", agent.optim), ("pi", agent.pi_optim)):
+        module = self.module[module_id].unwrapped()
+        cfg = module.agent.cfg  # the plain view the agent reads in its hot loops
+        optimizers = build_optimizers(module.model, cfg)
+        for name, optimizer in zip(("model", "pi"), optimizers, strict=True):
             params = [p for group in optimizer.param_groups for p in group["params"]]
             self.register_optimizer(
                 module_id=module_id, optimizer_name=name, optimizer=optimizer, params=params
             )
+        # One learner: the update calls the model itself (and may compile all of it). Under
+        # DDP the module gets wrapped after this hook, so the loss goes through the wrapper.
+        ddp = self.config.num_learners > 1
+        loss_fn = (lambda batch: self._ddp_loss(module_id, batch)) if ddp else None
+        update = Update(module.model, module.scale, cfg, optimizers, loss_fn)
+        module.agent.attach_update(update)  # its state (optimizers, counters) is the agent's
+        self._updates[module_id] = update
 
+    def _ddp_loss(self, module_id: ModuleID, batch: Batch) -> LossOut:
+        fwd_out = self.module[module_id].forward_train(batch)
+        loss = self.compute_loss_for_module(
+            module_id=module_id, config=self.config, batch=batch, fwd_out=fwd_out
+        )
+        return loss, fwd_out["info"], fwd_out["new_scale"]
+
+    @override(TorchLearner)
     def compute_loss_for_module(
         self, *, module_id: ModuleID, config: Any, batch: dict[str, Any], fwd_out: dict[str, Any]
     ) -> TensorType:
-        self._fwd_out[module_id] = fwd_out
-        info = {k: v for k, v in fwd_out.get("info", {}).items() if _is_scalar(v)}
-        if info:
-            self.metrics.log_dict(info, key=module_id, window=1)
         return fwd_out["loss"]
 
-    def apply_gradients(self, gradients_dict: ParamDict) -> None:
-        """Step only when the loss, every (clipped) gradient and the new Q scale are finite."""
-        checks = [out["loss"].detach().reshape(1) for out in self._fwd_out.values()]
-        checks += [out["new_scale"].detach().reshape(-1) for out in self._fwd_out.values()]
-        grads = [g for g in gradients_dict.values() if g is not None]
-        if grads:
-            checks.append(torch.stack(torch._foreach_norm(grads)))
-        self._step_ok = bool(torch.isfinite(torch.cat(checks)).all())  # the one host sync
-        if self._step_ok:
-            super().apply_gradients(gradients_dict)
-        else:
-            for optim in self._optimizer_parameters:
-                optim.zero_grad(set_to_none=True)
-
-    def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
-        """Commit or skip per module; the skip counters live in the agent, so a checkpoint
-        carries them and the abort streak survives a resume."""
-        super().after_gradient_based_update(timesteps=timesteps)
-        for module_id in self._fwd_out:
-            module = self.module[module_id].unwrapped()
-            if self._step_ok:
-                module.commit_update()
-            else:
-                module.skip_update()
-            counters = module.agent.counters
-            self.metrics.log_value(NONFINITE_TOTAL, counters["skipped_updates"], window=1)
-            self.metrics.log_value(NONFINITE_STREAK, counters["consecutive_skips"], window=1)
-        self._fwd_out = {}
+    @override(TorchLearner)
+    def _update(self, batch: dict[ModuleID, Any]) -> tuple[Any, Any, Any]:
+        """One `Update` per module on its (batch-major) share of the replay batch."""
+        fwd_out: dict[ModuleID, Any] = {}
+        losses: dict[ModuleID, TensorType] = {}
+        for module_id, module_batch in batch.items():
+            update = self._updates[module_id]
+            info = update(to_time_major(dict(module_batch)))
+            self.metrics.log_dict(info, key=module_id, window=1)
+            self.metrics.log_value(NONFINITE_TOTAL, update.counters["skipped_updates"], window=1)
+            self.metrics.log_value(NONFINITE_STREAK, update.counters["consecutive_skips"], window=1)
+            fwd_out[module_id] = {}
+            losses[module_id] = torch.tensor(info["total_loss"])
+        return fwd_out, losses, {}
 
     # ------------------------------------------------------------------ checkpoint helpers
     def agent_state(self, module_id: ModuleID) -> dict[str, Any]:
@@ -90,7 +113,3 @@ class TdmpcLearner(TorchLearner):
 
     def set_agent_state(self, module_id: ModuleID, state: dict[str, Any]) -> None:
         self.module[module_id].unwrapped().agent.load_state_dict(state)
-
-
-def _is_scalar(v: Any) -> bool:
-    return isinstance(v, int | float) or (isinstance(v, torch.Tensor) and v.numel() == 1)

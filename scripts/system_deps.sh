@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# System libraries MuJoCo rendering needs (DESIGN.md §2). Installs only what is missing, only as root
+# System libraries MuJoCo rendering needs (docs/design.md §2). Installs only what is missing, only as root
 # on Debian; otherwise prints the apt-get line a user must run. Then the CPU Vulkan path SAPIEN
 # (ManiSkill2) needs on machines without a GPU driver: scripts/vulkan_setup.sh.
 set -euo pipefail

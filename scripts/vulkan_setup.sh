@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A CPU Vulkan path for SAPIEN (ManiSkill2) on machines without a GPU driver (DESIGN.md §2).
+# A CPU Vulkan path for SAPIEN (ManiSkill2) on machines without a GPU driver (docs/design.md §2).
 # SAPIEN 2 opens a Vulkan device even for state observations. Without a GPU that device is Mesa's
 # lavapipe, which needs Mesa >= 25 (bookworm has 22.3: "Cannot find a suitable rendering device"),
 # plus the project's layer (scripts/vulkan_layer/) that declares VK_KHR_external_semaphore_fd,

@@ -10,6 +10,10 @@ import pytest
 import torch
 
 from actors.ray_init import SHIELD_ENV
+from ldmpc.mujoco_gl import configure_mujoco_gl
+
+# As every entry point does: the GL backend first, before any test module imports dm_control.
+configure_mujoco_gl()
 
 # One Ray auth token for the whole test process (and the `ldmpc` subprocesses it starts): a driver
 # keeps the token of its first ray.init, so a later local Ray started with another token fails
@@ -38,7 +42,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
     """Tests use tiny tensors: one thread is faster there and immune to other processes on
-    the 2 cores (2-thread torch stalls when another process holds a core, DESIGN.md §3.4)."""
+    the 2 cores (2-thread torch stalls when another process holds a core, docs/design.md §3.4)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -74,7 +74,7 @@ def test_nan_batch_is_skipped_and_counted() -> None:
     agent = make_agent()
     agent.update(make_batch(agent))
     snapshot = {k: v.clone() for k, v in agent.state_dict()["model"].items()}
-    optim_state = agent.optim.state_dict()["state"]
+    optim_state = agent.learn.optim.state_dict()["state"]
     steps = {k: s["step"].clone() for k, s in optim_state.items()}
     scale = agent.scale.value.clone()
     bad = make_batch(agent, seed=1)
@@ -84,7 +84,7 @@ def test_nan_batch_is_skipped_and_counted() -> None:
     assert info["consecutive_skips"] == 1.0 and info["updates"] == 1.0
     for k, v in agent.state_dict()["model"].items():
         assert torch.equal(v, snapshot[k]), k
-    for k, s in agent.optim.state_dict()["state"].items():
+    for k, s in agent.learn.optim.state_dict()["state"].items():
         assert torch.equal(s["step"], steps[k])
     assert torch.equal(agent.scale.value, scale)
     agent.update(make_batch(agent, seed=2))
@@ -168,7 +168,7 @@ def test_compile_true_falls_back_cleanly_when_the_backend_fails(
         action, state = agent.act(torch.randn(2, 5))
         info = agent.update(make_batch(agent))
     assert action.shape == (2, 2) and info["skipped"] == 0.0
-    assert not agent._plan.active and not agent._grads.active
+    assert not agent._plan.active and not agent.learn._grads.active
     agent.act(torch.randn(2, 5), state)
 
 
@@ -196,5 +196,5 @@ def test_loaded_state_keeps_the_configs_learning_rates() -> None:
     assert fingerprint(old) == fingerprint(new)
     agent = Agent(new)
     agent.load_state_dict(Agent(old).state_dict())
-    assert [g["lr"] for g in agent.optim.param_groups] == pytest.approx([5e-4, 1e-3])
-    assert agent.pi_optim.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert [g["lr"] for g in agent.learn.optim.param_groups] == pytest.approx([5e-4, 1e-3])
+    assert agent.learn.pi_optim.param_groups[0]["lr"] == pytest.approx(1e-3)

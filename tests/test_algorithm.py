@@ -7,9 +7,6 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import actors  # noqa: F401  (first: picks MuJoCo's GL backend before ray.rllib imports dm_control)
-
-# isort: split
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -90,7 +87,7 @@ def local_ray() -> Iterator[None]:
 def test_module_resets_warm_start_at_episode_start(tmp_path: Any) -> None:
     """RLlib's env-to-module connector feeds the initial state to fresh episodes and the last
     STATE_OUT to running ones; the module plans all envs in one call with the right is_first."""
-    from ldmpc.algorithm import rllib_config
+    from actors.algorithm import rllib_config
 
     cfg = tiny_cfg(tmp_path)
     envs = gym.vector.SyncVectorEnv([lambda: ldmpc.envs.make_env(cfg.task, 0)] * 2)
@@ -181,7 +178,7 @@ def test_stitcher_joins_chunks_across_sample_calls() -> None:
 def test_training_loop_replay_utd_and_weight_sync(
     local_ray: None, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ldmpc.algorithm import build_algorithm
+    from actors.algorithm import build_algorithm
 
     cfg = tiny_cfg(tmp_path)
     algo = build_algorithm(cfg)
@@ -247,7 +244,7 @@ def _check_nonfinite_loss_is_skipped(algo: Any, monkeypatch: pytest.MonkeyPatch)
 
 @pytest.mark.heavy
 def test_checkpoint_and_resume_continue_the_run(local_ray: None, tmp_path: Any) -> None:
-    from ldmpc.algorithm import replay_dir, run_training
+    from actors.algorithm import replay_dir, run_training
     from ldmpc.replay import EpisodeReplay
 
     first = run_training(tiny_cfg(tmp_path, "steps=120"))
@@ -282,7 +279,7 @@ def test_checkpoint_and_resume_continue_the_run(local_ray: None, tmp_path: Any) 
 def test_restored_state_does_not_replay_step_zero_randomness(
     local_ray: None, tmp_path: Any
 ) -> None:
-    from ldmpc.algorithm import build_algorithm
+    from actors.algorithm import build_algorithm
 
     cfg = tiny_cfg(tmp_path, "steps=50")
     algo = build_algorithm(cfg)
@@ -320,8 +317,8 @@ def test_multitask_run_trains_checkpoints_and_resumes(
     """Three tasks online (episodes cut to 50): one sub-env per task, every task in replay with
     zero-padded observations and actions, finite weights, per-task eval, and a resume that
     loads the multitask checkpoint and continues."""
+    from actors.algorithm import replay_dir, run_training
     from ldmpc.agent import Agent
-    from ldmpc.algorithm import replay_dir, run_training
     from ldmpc.checkpoint import latest_checkpoint, load_checkpoint
     from ldmpc.replay import EpisodeReplay
 

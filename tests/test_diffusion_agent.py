@@ -240,14 +240,14 @@ def test_compile_true_traces_the_diffusion_planner_and_update(
             action, _ = agent.act(obs, eval_mode=True)
             torch.manual_seed(1)
             out[name] = (action, agent.update(batch)["total_loss"])
-    assert compiled._plan.active and compiled._grads.active
+    assert compiled._plan.active and compiled.learn._grads.active
     if backend == "inductor":
         torch.testing.assert_close(out["compiled"][0], out["eager"][0], atol=1e-4, rtol=1e-4)
         assert out["compiled"][1] == pytest.approx(out["eager"][1], rel=0.1)
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)
             info = compiled.update(batch)  # a second compiled step: no recompile fallback
-        assert info["skipped"] == 0.0 and compiled._grads.active
+        assert info["skipped"] == 0.0 and compiled.learn._grads.active
         assert all(torch.isfinite(p).all() for p in compiled.model.parameters())
         return
     torch.testing.assert_close(out["compiled"][0], out["eager"][0])
@@ -389,11 +389,11 @@ def test_review_fixes_checkpoint_layout_and_validation() -> None:
     # the diffusion parts come after them
     base = Agent(make_cfg(), "cpu")
     m = base.model
-    first_two = [len(g["params"]) for g in base.optim.param_groups]
+    first_two = [len(g["params"]) for g in base.learn.optim.param_groups]
     expected = len([*m._dynamics.parameters(), *m._reward.parameters(), *m._Qs.parameters()])
     assert first_two == [len(list(m._encoder.parameters())), expected]
     both = Agent(make_cfg(*ALL_ON), "cpu")
-    assert len(both.optim.param_groups) == 4  # encoder, reward+Q, denoiser, proposals
+    assert len(both.learn.optim.param_groups) == 4  # encoder, reward+Q, denoiser, proposals
     with pytest.raises(UserError, match="plan_scales"):
         make_cfg(*ALL_ON, "plan_scales=[1,1]")
     with pytest.raises(UserError, match="exceeds the episode length 500"):

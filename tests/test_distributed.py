@@ -19,9 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import actors  # noqa: F401  (first: picks MuJoCo's GL backend before ray.rllib imports dm_control)
-
-# isort: split
 import pytest
 import torch
 from ray_temp import ray_temp_env
@@ -86,7 +83,7 @@ def test_distributed_run_survives_runner_and_shard_kills(
 ) -> None:
     import ray
 
-    from ldmpc.algorithm import build_algorithm, save
+    from actors.algorithm import build_algorithm, save
 
     # a quarter update per env step: the faults are in sampling and replay, and DDP's check
     # needs updates, not many of them (200 pretraining updates come first)
@@ -134,9 +131,10 @@ def test_distributed_run_survives_runner_and_shard_kills(
 
     # A new process resumes the checkpoint: identical weights on both learners, same replay.
     script = (
-        f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import actors; "
+        f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        "from ldmpc.mujoco_gl import configure_mujoco_gl; configure_mujoco_gl(); "
         "from ldmpc.config import load; from actors.ray_init import init_ray; "
-        "from ldmpc.algorithm import build_algorithm, resume; "
+        "from actors.algorithm import build_algorithm, resume; "
         "from test_distributed import _learner_digests; "
         "cfg = load(json.loads(sys.argv[1])); init_ray(cfg); algo = build_algorithm(cfg); "
         "resume(algo, cfg); "

@@ -78,7 +78,7 @@ def final_eval_return(work_dir: Path) -> float:
     return float(rows[-1]["episode_reward"])
 
 
-@pytest.mark.slow  # ~10 min of both cores: `make bench` runs it (DESIGN.md §5)
+@pytest.mark.slow  # ~10 min of both cores: `make bench` runs it (docs/design.md §5)
 def test_short_training_beats_random_clearly(tmp_path: Path) -> None:
     budget = [a for a in make_train_budget() if not a.startswith(("eval_", "checkpoint_freq"))]
     task = next(a.split("=", 1)[1] for a in budget if a.startswith("task="))

@@ -164,8 +164,8 @@ def test_env_creator_spreads_runner_sub_envs_over_the_task_set(cfg: object) -> N
     sub-envs of the run: two runners x 2 envs over 3 tasks cover every task."""
     from ray.rllib.env.env_context import EnvContext
 
+    from actors.algorithm import env_config
     from actors.env_runner import make_ldmpc_env
-    from ldmpc.algorithm import env_config
 
     two_by_two = config.load([f"task={TASKS}", *TINY, "num_env_runners=2", "num_envs=2"])
     firsts = []

@@ -17,8 +17,8 @@ def random_model(cfg: Any) -> WorldModel:
     with torch.no_grad():
         model._reward[-1].weight.normal_(0, 0.5)
         model._Qs.last_weight.normal_(0, 0.5)
-        for name in ("_diff_dynamics", "_proposals"):  # present with the diffusion switches
-            if hasattr(model, name):
-                for p in getattr(model, name).parameters():
+        for part in (model._diff_dynamics, model._proposals):  # with the diffusion switches
+            if part is not None:
+                for p in part.parameters():
                     p.normal_(0, 0.05)
     return model

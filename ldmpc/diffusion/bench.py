@@ -1,7 +1,7 @@
 """Micro-benchmark: one denoiser call over [E, N] sequences of T tokens vs MLP dynamics steps.
 
 `python -m ldmpc.diffusion.bench [model_size] [threads] [device]` prints ms per call (medians
-of calls alternated in one run, DESIGN.md §3.4) and ratios to one TD-MPC2 MLP dynamics step
+of calls alternated in one run, docs/design.md §3.4) and ratios to one TD-MPC2 MLP dynamics step
 and to an H = T step MLP rollout of the same batch. Planner shapes: z_0 [E, 1, L] shared by the
 N candidates, one noise draw per env.
 """

@@ -16,6 +16,7 @@ import functools
 from typing import TYPE_CHECKING
 
 from ldmpc.errors import UserError
+from ldmpc.mujoco_gl import configure_mujoco_gl
 from ldmpc.tasks import TaskSpec, resolve_tasks
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ def make_env(task: str, seed: int, obs: str = "state") -> gymnasium.Env:
     (obs=state) or a uint8 stack of 3 frames [9, 64, 64] (obs=rgb, `ldmpc.envs.pixels`)."""
     spec = _single_task(task)
     _check_obs(spec, obs)
+    configure_mujoco_gl()  # before a suite imports mujoco/dm_control (no-op once chosen)
     if spec.suite == "dmcontrol":
         from ldmpc.envs.dmcontrol import make_dmcontrol_env
 

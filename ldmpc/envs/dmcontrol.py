@@ -14,16 +14,11 @@ from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
+from dm_control import suite
+from dm_control.rl import control
 
-from ldmpc.envs.render import configure_mujoco_gl
-
-configure_mujoco_gl()  # must precede the first dm_control import (it fixes the GL backend)
-
-from dm_control import suite  # noqa: E402
-from dm_control.rl import control  # noqa: E402
-
-from ldmpc.envs.custom import CUSTOM_TASKS  # noqa: E402
-from ldmpc.errors import UserError  # noqa: E402
+from ldmpc.envs.custom import CUSTOM_TASKS
+from ldmpc.errors import UserError
 
 # Action bounds beyond this are "unbounded" (lqr uses +/-1e10): pass [-1, 1] through unscaled.
 _UNBOUNDED = 1e6

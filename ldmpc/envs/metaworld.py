@@ -19,16 +19,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import gymnasium as gym
+import mujoco
 import numpy as np
+from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
 
-from ldmpc.envs.render import FrameRenderer, configure_mujoco_gl
-
-configure_mujoco_gl()  # must precede the first mujoco import (it fixes the GL backend)
-
-import mujoco  # noqa: E402
-from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE  # noqa: E402
-
-from ldmpc.errors import UserError  # noqa: E402
+from ldmpc.envs.render import FrameRenderer
+from ldmpc.errors import UserError
 
 # TD-MPC2 renders from "corner2" moved to this position (a closer view of the table).
 CAMERA = "corner2"

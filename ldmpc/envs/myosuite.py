@@ -25,11 +25,8 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from ldmpc.envs.render import FrameRenderer, configure_mujoco_gl
-
-configure_mujoco_gl()  # must precede the first mujoco import (it fixes the GL backend)
-
-from ldmpc.errors import UserError  # noqa: E402
+from ldmpc.envs.render import FrameRenderer
+from ldmpc.errors import UserError
 
 CAMERA = "hand_side_inter"  # TD-MPC2's camera for MyoSuite
 _BANNER = "MyoSuite:> Registering Myo Envs"

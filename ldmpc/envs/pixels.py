@@ -12,7 +12,7 @@ those arguments, and `env.render()` still returns the adapter's large frame for 
 
 Shadows are off: on a software GL driver (llvmpipe, no GPU) MuJoCo's shadow-map pass dominates
 a small frame. 64 x 64 frames on the 2-core CPU: default shadow map 60-80 fps, a 512 map 100-150
-fps, no shadows 600-800 fps (DESIGN.md section 2, idle machine); timed side by side under load,
+fps, no shadows 600-800 fps (docs/design.md §2, idle machine); timed side by side under load,
 no shadows was 2.6x (walker-walk) and 3.5x (mw-door-open) faster than the default map. With a
 GPU it hardly matters, and the agent sees the same scene minus the shadow.
 """

@@ -1,8 +1,7 @@
 """Choosing and probing MuJoCo's headless OpenGL backend (EGL, else OSMesa).
 
-dm_control picks its GL backend once, when it is first imported, from MUJOCO_GL; left unset it
-tries GLFW first, which warns on machines without a display. So `configure_mujoco_gl()` must run
-before dm_control is imported. Whether rendering really works is only known by trying, and a
+The backend is chosen by `ldmpc.mujoco_gl.configure_mujoco_gl()` before dm_control is imported.
+Whether rendering really works is only known by trying, and a
 broken GL driver can segfault, so `rendering_problem()` tries in a child process with a timeout.
 `FrameRenderer` keeps the offscreen renderers of the MuJoCo-based suite adapters.
 """
@@ -19,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-_BACKENDS = ("egl", "osmesa")
+from ldmpc.mujoco_gl import AUTO_CHOSEN, BACKENDS, configure_mujoco_gl
+
 # Debian package providing each library that headless rendering loads.
 _PACKAGES = {"EGL": "libegl1", "GL": "libgl1", "OSMesa": "libosmesa6"}
 _PROBE = """
@@ -30,34 +30,12 @@ assert image.shape == (16, 16, 3), image.shape
 print("render-ok")
 """
 _PROBE_TIMEOUT_S = 60.0
-_auto_chosen: set[str] = set()  # MUJOCO_GL values this module set (not the user's own choice)
-
-
-def configure_mujoco_gl() -> str:
-    """Set MUJOCO_GL (if the user has not) to a headless backend whose library is installed.
-
-    Returns the backend in use. "disable" means no GL library was found: state-based envs still
-    work, and rendering raises a clear RuntimeError from dm_control.
-    """
-    if "MUJOCO_GL" not in os.environ:
-        platform = os.environ.get("PYOPENGL_PLATFORM", "")
-        if platform in _BACKENDS:
-            backend = platform  # must agree with PyOpenGL's platform or dm_control's import fails
-        elif ctypes.util.find_library("EGL"):
-            backend = "egl"
-        elif ctypes.util.find_library("OSMesa"):
-            backend = "osmesa"
-        else:
-            backend = "disable"
-        os.environ["MUJOCO_GL"] = backend
-        _auto_chosen.add(backend)
-    return os.environ["MUJOCO_GL"]
 
 
 def _probe(backend: str) -> str | None:
     """Render one tiny frame with `backend` in a child process; None on success, else why not."""
     env = dict(os.environ, MUJOCO_GL=backend)
-    if backend in _BACKENDS:
+    if backend in BACKENDS:
         env["PYOPENGL_PLATFORM"] = backend
     try:
         proc = subprocess.run(
@@ -91,15 +69,15 @@ def rendering_problem() -> str | None:
     Cached: the probe costs a second or two (a child process imports dm_control).
     """
     current = os.environ.get("MUJOCO_GL")
-    user_choice = current if current and current not in _auto_chosen else None
-    candidates = (user_choice,) if user_choice else _BACKENDS
+    user_choice = current if current and current not in AUTO_CHOSEN else None
+    candidates = (user_choice,) if user_choice else BACKENDS
     reasons = []
     for backend in candidates:
         reason = _probe(backend)
         if reason is None:
             if not user_choice and "dm_control" not in sys.modules:
                 os.environ["MUJOCO_GL"] = backend
-                _auto_chosen.add(backend)
+                AUTO_CHOSEN.add(backend)
             return None
         reasons.append(f"MUJOCO_GL={backend}: {reason}")
     missing = _missing_packages()
@@ -132,7 +110,7 @@ class FrameRenderer:
         shadows=False skips MuJoCo's shadow-map pass, the bulk of a small frame's cost on a
         software GL driver (see `ldmpc.envs.pixels`).
         """
-        configure_mujoco_gl()  # a no-op once the suite module has set the backend
+        configure_mujoco_gl()  # a no-op once the process has chosen its backend
         import mujoco
 
         renderer = self._renderers.get(size)

@@ -10,11 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from types import ModuleType
 
-from ldmpc.envs.render import configure_mujoco_gl
-
-configure_mujoco_gl()  # before the domain modules import dm_control (it fixes the GL backend)
-
-from ldmpc.envs.custom import (  # noqa: E402
+from ldmpc.envs.custom import (
     ball_in_cup,
     cheetah,
     fish,

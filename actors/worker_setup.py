@@ -1,6 +1,7 @@
-"""Ray/RLlib's informational log lines off, in the driver and in every Ray worker process.
+"""What every Ray worker process does first: Ray/RLlib's informational log lines off, and MuJoCo's
+GL backend chosen before anything imports dm_control (ray.rllib does).
 
-Its own module, importing nothing heavy, because ray.init names it as the
+Its own module, importing nothing heavy, because ray.init names `setup_worker` as the
 `worker_process_setup_hook`: every worker Ray starts for the job (replay shards, Tune trials,
 idle workers, not only env runners) imports it first. Kept in `actors.env_runner`, the hook made
 each of them import RLlib: ~7 s of CPU per worker on this 2-core machine, and two small actors
@@ -12,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 
+from ldmpc.mujoco_gl import configure_mujoco_gl
+
 
 def quiet_ray_logs() -> None:
     """Ray/RLlib's informational warnings (deprecations, token auth) off unless LDMPC_DEBUG=1;
@@ -19,3 +22,9 @@ def quiet_ray_logs() -> None:
     level = logging.DEBUG if os.environ.get("LDMPC_DEBUG") == "1" else logging.ERROR
     for name in ("ray", "ray.rllib", "ray.tune"):
         logging.getLogger(name).setLevel(level)
+
+
+def setup_worker() -> None:
+    """The worker setup hook: quiet logs, then the GL backend (no import side effects anywhere)."""
+    quiet_ray_logs()
+    configure_mujoco_gl()

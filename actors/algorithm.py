@@ -1,6 +1,6 @@
-"""Top floor: TD-MPC2's training loop as a custom RLlib Algorithm (new API stack).
+"""TD-MPC2's training loop as a custom RLlib Algorithm (new API stack): the Ray layer's top.
 
-RLlib is the skeleton, not the algorithm (DESIGN.md §3.3). `LdmpcAlgorithm.training_step`:
+RLlib is the skeleton, not the algorithm (docs/design.md §3.3). `LdmpcAlgorithm.training_step`:
 1. samples one chunk (`rollout_fragment_length` vector steps) from the env runners — uniform
    random actions during the seed phase, the planner module afterwards;
 2. stitches the returned episode chunks into whole episodes and adds them to `EpisodeReplay`;
@@ -26,11 +26,6 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-
-# isort: split
-import actors  # noqa: F401  (first: picks MuJoCo's GL backend before ray.rllib imports dm_control)
-
-# isort: split
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
@@ -54,15 +49,15 @@ from actors.env_runner import (
     LdmpcEnvRunner,
     register_ldmpc_env,
 )
-from actors.planner_module import PlannerModule, module_config, to_batch_major
+from actors.planner_module import PlannerModule, module_config
 from actors.ray_init import init_ray
 from actors.replay_shard import ShardedReplay
-from ldmpc.agent import check_nonfinite_streak
 from ldmpc.cadence import Every, eval_cadence
 from ldmpc.envs.multitask import multitask_episode
 from ldmpc.errors import UserError
 from ldmpc.replay import EpisodeReplay, replay_args
-from learner.tdmpc_learner import NONFINITE_STREAK, TdmpcLearner
+from ldmpc.update import check_nonfinite_streak
+from learner.tdmpc_learner import NONFINITE_STREAK, TdmpcLearner, to_batch_major
 
 MAX_UPDATES_PER_ROUND = 32  # bounds one round of updates (SIGTERM / progress latency)
 # One `training_step()` repeats rounds (sample, learn, sync) for this long: RLlib's per-train()
