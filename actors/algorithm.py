@@ -12,7 +12,8 @@ RLlib is the skeleton, not the algorithm (docs/design.md §3.3). `LdmpcAlgorithm
 One `training_step()` repeats such rounds for `seconds_per_training_step` to amortize RLlib's
 per-iteration cost.
 
-`run_training(cfg)` (the `ldmpc train` entry) owns Ray, evaluation, logging and checkpoints.
+`actors.online.run_training(cfg)` (the `ldmpc train` entry) drives it with the one training loop
+(`ldmpc.trainer`): Ray, evaluation, logging and checkpoints.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -50,12 +50,9 @@ from actors.env_runner import (
     register_ldmpc_env,
 )
 from actors.planner_module import PlannerModule, module_config
-from actors.ray_init import init_ray
 from actors.replay_shard import ShardedReplay
-from ldmpc.cadence import Every, eval_cadence
 from ldmpc.envs.multitask import multitask_episode
-from ldmpc.errors import UserError
-from ldmpc.replay import EpisodeReplay, replay_args
+from ldmpc.replay import EpisodeReplay, RunReplay, replay_args, replay_dir
 from ldmpc.update import check_nonfinite_streak
 from learner.tdmpc_learner import NONFINITE_STREAK, TdmpcLearner, to_batch_major
 
@@ -441,11 +438,11 @@ class LdmpcAlgorithm(Algorithm):
     # ------------------------------------------------------------------ state (checkpoints)
     def ldmpc_state(self) -> dict[str, Any]:
         """Agent state (weights, optimizers, Q scale, RNG) and counters (replay: see
-        `snapshot_replay`)."""
+        `replay.snapshot`)."""
         return {"agent": self.agent_weights(), "counters": asdict(self.counters)}
 
     def set_ldmpc_state(self, state: dict[str, Any]) -> None:
-        """Inverse of `ldmpc_state` (replay: `restore_replay`); syncs the runners."""
+        """Inverse of `ldmpc_state` (replay: `replay.restore`); syncs the runners."""
         self.learner_group.foreach_learner(
             lambda lrn: lrn.set_agent_state(DEFAULT_MODULE_ID, state["agent"])
         )
@@ -456,37 +453,8 @@ class LdmpcAlgorithm(Algorithm):
         )
         self._sync_weights()
 
-    def snapshot_replay(self) -> dict[str, Any]:
-        """Write the replay contents to `<run_dir>/replay` (incremental Arrow files; each shard
-        its own folder) and return the small state a checkpoint carries to match them."""
-        if isinstance(self.replay, EpisodeReplay):
-            self.replay.save(replay_dir(self.cfg))
-            return self.replay.get_state()
-        return self.replay.snapshot()
-
-    def restore_replay(self, state: dict[str, Any] | None, source: str) -> None:
-        """Return the replay to a checkpoint's `snapshot_replay()` state (None: the run has no
-        checkpoint, start empty). Episodes written after that checkpoint are dropped."""
-        if isinstance(self.replay, ShardedReplay):
-            if state is None:
-                self.replay.clear()  # a fresh run in a folder that may hold old shard files
-            else:
-                self.replay.restore(state)
-            return
-        if state is None:
-            return
-        folder = replay_dir(self.cfg)
-        if os.path.isdir(folder):
-            self.replay.load(folder, before_id=state.get("next_episode_id"))
-        elif int(state.get("next_episode_id", 0)) > 0:
-            raise UserError(
-                f"resume=true: {source} continues a run whose replay folder {folder} is "
-                "missing; restore it, or start a new run (resume=false or another exp_name)"
-            )
-        self.replay.set_state(state)
-
     def cleanup(self) -> None:
-        if isinstance(getattr(self, "replay", None), ShardedReplay):
+        if getattr(self, "replay", None) is not None:  # setup may have failed before it
             self.replay.close()
         super().cleanup()
 
@@ -497,13 +465,14 @@ class LdmpcAlgorithm(Algorithm):
         )
 
 
-def make_replay(cfg: DictConfig) -> EpisodeReplay | ShardedReplay:
-    """The driver's replay (replay_shards=0) or a client of `replay_shards` shard actors."""
+def make_replay(cfg: DictConfig) -> RunReplay:
+    """The driver's replay (replay_shards=0) or a client of `replay_shards` shard actors; both
+    snapshot to `<run_dir>/replay`."""
     if cfg.replay_shards:
         return ShardedReplay.from_config(
             cfg, cfg.replay_shards, snapshot_every=cfg.replay_snapshot_every, resume=cfg.resume
         )
-    return EpisodeReplay(**replay_args(cfg))
+    return EpisodeReplay(**replay_args(cfg), directory=replay_dir(cfg))
 
 
 def _first(results: Any) -> Any:
@@ -511,178 +480,5 @@ def _first(results: Any) -> Any:
     return next(iter(results)).get()
 
 
-# ====================================================================== run_training
-
-
 def build_algorithm(cfg: DictConfig) -> LdmpcAlgorithm:
     return rllib_config(cfg).build_algo()
-
-
-EvalHook = Callable[[int, dict[str, float], LdmpcAlgorithm], None]
-
-
-def run_training(cfg: DictConfig, on_eval: EvalHook | None = None) -> dict[str, Any]:
-    """`ldmpc train`: train until cfg.steps with periodic eval and checkpoints; resumable.
-
-    SIGINT/SIGTERM finish the current iteration, write a checkpoint and return. Returns the
-    final counters, the last eval result and whether the run was interrupted. `on_eval(step,
-    result, algo)` runs after each evaluation is logged (Ray Tune reports from there).
-    """
-    import ray
-
-    from ldmpc.runtime import set_threads
-
-    if cfg.data_dir is not None:
-        raise UserError("data_dir= is offline training: run it with ldmpc.offline.run_offline")
-    set_threads(cfg.torch_threads)
-    started_ray = init_ray(cfg)
-    algo = build_algorithm(cfg)
-    try:
-        return _train(algo, cfg, on_eval)
-    finally:
-        algo.stop()
-        if started_ray:
-            ray.shutdown()
-
-
-def _train(algo: LdmpcAlgorithm, cfg: DictConfig, on_eval: EvalHook | None) -> dict[str, Any]:
-    from ldmpc.checkpoint import GracefulExit
-    from ldmpc.logging import RunLogger
-
-    start = resume(algo, cfg) if cfg.resume else 0
-    log = RunLogger(cfg, start_step=start, resumed=start > 0)
-    evaluator = Evaluator(cfg)
-    rate = Rate(start, algo.counters.updates)
-    evals = eval_cadence(cfg.eval_freq, start, log.missing_eval_at)
-    checkpoints = Every(cfg.checkpoint_freq, start, fire_at_start=False)
-    last_eval: dict[str, float] | None = None
-    try:
-        with GracefulExit() as stop:
-            while True:
-                step = algo.counters.env_steps
-                if algo.can_learn and step >= algo.sample_until and not stop.requested:
-                    algo.train()  # pay the updates owed (e.g. the seed catch-up) before an
-                    continue  # eval, a checkpoint or the end, as TD-MPC2 does
-                if not stop.requested and evals.due(step):
-                    last_eval = evaluator(algo, step)
-                    log.log_eval(step, last_eval)
-                    if on_eval is not None:
-                        on_eval(step, last_eval, algo)
-                if step >= cfg.steps or stop.requested:
-                    break
-                algo.sample_until = min(cfg.steps, evals.next_at, checkpoints.next_at)
-                algo.train()
-                step = algo.counters.env_steps
-                _log_episodes(algo, log, rate)
-                log.progress(step, sps=rate.steps_per_s(step), upd=algo.counters.updates)
-                if checkpoints.due(step) and step < cfg.steps:  # the last one is written below
-                    save(algo, cfg)
-        algo.store_open_episodes()
-        path = save(algo, cfg)
-        if stop.requested:
-            log.write(f"{stop.signal_name}: checkpoint {path} written; continue with resume=true")
-    finally:
-        log.close()
-    return {
-        **asdict(algo.counters),
-        "eval": last_eval,
-        "interrupted": stop.requested,
-        "checkpoint": str(path) if path else None,
-    }
-
-
-class Rate:
-    """Env steps/s and updates/s since this process started (resume-aware)."""
-
-    def __init__(self, steps: int, updates: int) -> None:
-        self.t0, self.steps0, self.updates0 = time.perf_counter(), steps, updates
-
-    def steps_per_s(self, steps: int) -> float:
-        return (steps - self.steps0) / max(time.perf_counter() - self.t0, 1e-9)
-
-    def updates_per_s(self, updates: int) -> float:
-        return (updates - self.updates0) / max(time.perf_counter() - self.t0, 1e-9)
-
-
-def _log_episodes(algo: LdmpcAlgorithm, log: Any, rate: Rate) -> None:
-    """One train.csv row per finished episode (at the step it ended), as TD-MPC2 logs."""
-    c = algo.counters
-    for ep in algo.pop_finished():
-        log.log_train(
-            ep.step,
-            {
-                "episode": ep.episode,
-                "episode_reward": ep.ret,
-                "episode_success": ep.success,
-                "steps_per_s": rate.steps_per_s(c.env_steps),
-                "updates": c.updates,
-                "updates_per_s": rate.updates_per_s(c.updates),
-                **({"task": algo.cfg.tasks[ep.task]} if algo.cfg.multitask else {}),
-            },
-        )
-
-
-class Evaluator:
-    """A driver-side agent that gets the learner's weights before each evaluation.
-
-    Works the same whether the learner is in this process or a remote actor.
-    """
-
-    def __init__(self, cfg: DictConfig) -> None:
-        from ldmpc.agent import Agent
-        from ldmpc.runtime import resolve_device
-
-        self.cfg = cfg
-        self.agent = Agent(cfg, resolve_device(cfg.device))
-
-    def __call__(self, algo: LdmpcAlgorithm, step: int) -> dict[str, float]:
-        from ldmpc.evaluate import evaluate_at
-
-        self.agent.load_state_dict(algo.agent_weights())
-        return evaluate_at(self.agent, self.cfg, step)
-
-
-def replay_dir(cfg: DictConfig) -> str:
-    return os.path.join(cfg.run_dir, "replay")
-
-
-def save(algo: LdmpcAlgorithm, cfg: DictConfig) -> Any:
-    """Replay snapshot first, then the checkpoint: a kill in between loses no episode that the
-    checkpoint's counters claim. Returns the checkpoint path (None when save_agent=false)."""
-    from ldmpc.checkpoint import save_run_checkpoint
-    from ldmpc.config import fingerprint
-
-    if not cfg.save_agent:
-        return None
-    replay_state = algo.snapshot_replay()
-    state = {**algo.ldmpc_state(), "replay": replay_state}
-    counters = state.pop("counters")
-    return save_run_checkpoint(
-        cfg.run_dir, algo.counters.env_steps, state, fingerprint=fingerprint(cfg), counters=counters
-    )
-
-
-def resume(algo: LdmpcAlgorithm, cfg: DictConfig) -> int:
-    """Restore weights, optimizers, counters and replay from the run's newest checkpoint.
-
-    Returns the step to continue from (0 when the run has no checkpoint yet).
-    """
-    from ldmpc.checkpoint import latest_checkpoint, load_checkpoint
-    from ldmpc.config import fingerprint
-
-    path = latest_checkpoint(cfg.run_dir)
-    if path is None:
-        print(f"resume=true: no checkpoint in {cfg.run_dir} yet, starting from step 0")
-        algo.restore_replay(None, cfg.run_dir)
-        return 0
-    ckpt = load_checkpoint(path, expected_fingerprint=fingerprint(cfg))
-    if ckpt["payload"].get("offline"):
-        raise UserError(
-            f"{path} is an offline run's checkpoint (data_dir=): online resume=true would "
-            "restart at env step 0; start the online run under another exp_name"
-        )
-    algo.restore_replay(ckpt["payload"]["replay"], str(path))
-    fields = Counters.__dataclass_fields__
-    counters = {k: v for k, v in ckpt["counters"].items() if k in fields}
-    algo.set_ldmpc_state({**ckpt["payload"], "counters": counters})
-    return algo.counters.env_steps

@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
+from ray.rllib.utils.annotations import override
 
 from ldmpc.agent import Agent
 from ldmpc.compile import maybe_compile
@@ -40,15 +41,16 @@ def module_config(cfg: DictConfig) -> dict[str, Any]:
 class PlannerModule(TorchRLModule):
     """Holds an `ldmpc.agent.Agent`; acting plans with it, training returns the TD-MPC2 loss."""
 
+    @override(TorchRLModule)
     def setup(self) -> None:
         cfg = OmegaConf.create(self.model_config["ldmpc"])
         OmegaConf.set_readonly(cfg, True)
         self.cfg: DictConfig = cfg
-        # The agent is built on the CPU; RLlib then moves this module to its device (see _apply).
-        # It is not an nn.Module: its model and Q scale are registered here, so they are this
-        # module's weights (optimizers, weight sync, DDP, RLlib checkpoints). It builds no
-        # optimizers: on a learner, the learner attaches its update (TdmpcLearner).
-        self.__dict__["agent"] = Agent(cfg, torch.device("cpu"), learn=False)
+        # The networks are the agent's world model and Q scale, registered here as this module's
+        # weights (weight sync, DDP, RLlib checkpoints). The agent itself is a plain object (the
+        # planning logic); built on the CPU, RLlib then moves the module (see _apply). It builds
+        # no optimizers: on a learner, TdmpcLearner builds them and attaches the update.
+        self.agent = Agent(cfg, torch.device("cpu"), learn=False)
         self.model = self.agent.model
         self.scale = self.agent.scale
         self._obs_ndim = len(cfg.obs_shape)
@@ -57,6 +59,7 @@ class PlannerModule(TorchRLModule):
         self._loss = maybe_compile(total_loss, compile_loss, "loss")
 
     # ------------------------------------------------------------------ state
+    @override(TorchRLModule)
     def get_initial_state(self) -> dict[str, torch.Tensor]:
         """Per-env state of a fresh episode: the agent's (zero warm-start mean), `first` set."""
         state = {k: v[0].cpu() for k, v in self.agent.initial_state(1).items()}
@@ -66,6 +69,7 @@ class PlannerModule(TorchRLModule):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @override(torch.nn.Module)
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> PlannerModule:
         """`.to(device)` moves the registered weights; move the agent's other device state too."""
         out = super()._apply(fn, *args, **kwargs)
@@ -76,9 +80,11 @@ class PlannerModule(TorchRLModule):
         return out
 
     # ------------------------------------------------------------------ acting
+    @override(TorchRLModule)
     def _forward_inference(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         return self._plan(batch, eval_mode=True)
 
+    @override(TorchRLModule)
     def _forward_exploration(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         return self._plan(batch, eval_mode=False)
 
@@ -102,11 +108,13 @@ class PlannerModule(TorchRLModule):
         }
 
     # ------------------------------------------------------------------ training
+    @override(TorchRLModule)
     def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         """The whole TD-MPC2 loss of one time-major replay batch (`ldmpc.losses`): used under
         DDP only, where the rollout has to run inside the wrapper's forward."""
         loss, metrics, new_scale = self._loss(self.model, batch, self.agent.cfg, self.scale)
         return {"loss": loss, "info": metrics, "new_scale": new_scale}
 
+    @override(TorchRLModule)
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         return self._plan(batch, eval_mode=True)

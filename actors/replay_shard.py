@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ldmpc.errors import UserError
-from ldmpc.replay import Episode, EpisodeReplay, replay_args
+from ldmpc.replay import Episode, EpisodeReplay, replay_args, replay_dir
 from ldmpc.replay_snapshot import MANIFEST
 
 __all__ = ["ReplayShard", "ShardedReplay", "remote_shard_class", "shard_dir", "shard_of"]
@@ -313,7 +313,7 @@ class ShardedReplay:
         """The algorithm's replay: `<run_dir>/replay/shard_<i>`, sized and typed by `cfg`."""
         return cls(
             num_shards,
-            os.path.join(cfg.run_dir, "replay"),
+            replay_dir(cfg),
             **replay_args(cfg),
             snapshot_every=snapshot_every,
             resume=resume,
@@ -481,11 +481,16 @@ class ShardedReplay:
             "shards": shard_states,
         }
 
-    def restore(self, state: dict[str, Any]) -> None:
-        """Return to a checkpoint's replay: each shard reloads its files up to the state."""
+    def restore(self, state: dict[str, Any] | None, source: str = "the checkpoint") -> None:
+        """Return to a checkpoint's replay: each shard reloads its files up to the state.
+        None (the run has no checkpoint): empty every shard, in memory and on disk, since the
+        run folder may hold an older run's shard files."""
+        if state is None:
+            self.clear()
+            return
         if int(state.get("num_shards", -1)) != self.num_shards:
             raise UserError(
-                f"the checkpoint's replay has {state.get('num_shards')} shards, this run "
+                f"{source}'s replay has {state.get('num_shards')} shards, this run "
                 f"{self.num_shards}: resume with replay_shards={state.get('num_shards')}"
             )
         self._update(

@@ -153,7 +153,7 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], with_checkpoints: 
     """One Tune trial: `ldmpc train` with base + sampled overrides in the trial's own folder."""
     from ray import tune
 
-    from actors.algorithm import run_training
+    from actors.online import run_training
     from ldmpc.config import load
 
     checkpoint = tune.get_checkpoint()
@@ -175,7 +175,7 @@ def _reporter(cfg: Any, with_checkpoints: bool) -> Any:
     """The `on_eval` hook: one Tune report per evaluation (with a checkpoint for PBT)."""
     from ray import tune
 
-    from actors.algorithm import save
+    from actors.online import save
 
     def report(step: int, result: dict[str, float], algo: Any) -> None:
         metrics = {

@@ -1,6 +1,6 @@
 """When periodic work is due: evaluations and checkpoints at exact multiples of their period.
 
-Shared by the online loop (`actors.algorithm`) and the offline one (`ldmpc.offline`); TD-MPC2
+Shared by the online loop (`actors.online`) and the offline one (`ldmpc.offline`); TD-MPC2
 evaluates and checkpoints at exact step multiples, and a resumed run must keep that grid.
 """
 

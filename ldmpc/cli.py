@@ -90,7 +90,7 @@ def cmd_train(args: list[str]) -> int:
     from actors.ray_init import cluster_address
 
     cluster_address(cfg)  # a bad address= is one line now, not after RLlib's ~5 s import
-    from actors.algorithm import run_training
+    from actors.online import run_training
 
     run_training(cfg)
     return 0

@@ -17,9 +17,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from ldmpc.cadence import Every, eval_cadence
 from ldmpc.errors import UserError
 from ldmpc.evaluate import evaluate_at
+from ldmpc.trainer import Trainer
 from ldmpc.update import check_nonfinite_streak
 
 LOG_EVERY = 100  # updates per offline.csv row (and progress refresh)
@@ -72,54 +72,62 @@ class LossLog:
         return rate
 
 
+class OfflineTrainer(Trainer):
+    """Offline progress: one step is one update on a dataset batch."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        from ldmpc.agent import Agent
+        from ldmpc.datasets import load_for_run
+        from ldmpc.runtime import resolve_device
+
+        super().__init__(cfg)
+        self.device = resolve_device(cfg.device)
+        self.replay, self.dataset = load_for_run(cfg)
+        self.agent = Agent(cfg, self.device)
+        self.suspects = f"the dataset's rewards/observations in {cfg.data_dir}"  # divergence
+        self.step = 0
+
+    def resume(self) -> int:
+        self.step = resume(self.agent, self.replay, self.dataset, self.cfg)
+        return self.step
+
+    def started(self, start: int) -> None:
+        self.losses = LossLog(self.cfg, start, self.log.start_time)
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        return evaluate_at(self.agent, self.cfg, step)
+
+    def advance(self, until: int) -> int:
+        cfg = self.cfg
+        t = time.perf_counter()
+        info = self.agent.update(self.replay.sample(cfg.batch_size, device=self.device))
+        self.losses.add(info, time.perf_counter() - t)
+        self.step += 1
+        check_nonfinite_streak(self.agent.counters["consecutive_skips"], cfg.lr, self.suspects)
+        if self.step % LOG_EVERY == 0 or self.step == cfg.steps:
+            self.log.progress(self.step, upd_s=self.losses.flush(self.step))
+        return self.step
+
+    def finish(self, step: int) -> None:
+        self.losses.flush(step)
+
+    def save(self, step: int) -> Any:
+        return save(self.agent, self.replay, self.dataset, self.cfg, step)
+
+
 def run_offline(cfg: DictConfig) -> dict[str, Any]:
     """Train cfg.steps updates on the dataset at cfg.data_dir; returns the final figures."""
-    from ldmpc.agent import Agent
-    from ldmpc.checkpoint import GracefulExit
-    from ldmpc.datasets import load_for_run
-    from ldmpc.logging import RunLogger
-    from ldmpc.runtime import resolve_device, set_threads
+    from ldmpc.runtime import set_threads
 
     set_threads(cfg.torch_threads)
-    device = resolve_device(cfg.device)
-    replay, dataset = load_for_run(cfg)
-    agent = Agent(cfg, device)
-    start = resume(agent, replay, dataset, cfg) if cfg.resume else 0
-    log = RunLogger(cfg, start_step=start, resumed=start > 0)
-    losses = LossLog(cfg, start, log.start_time)
-    evals = eval_cadence(cfg.eval_freq, start, log.missing_eval_at)
-    checkpoints = Every(cfg.checkpoint_freq, start, fire_at_start=False)
-    step, last_eval, path = start, None, None
-    try:
-        suspects = f"the dataset's rewards/observations in {cfg.data_dir}"  # for divergence
-        with GracefulExit() as stop:
-            while True:
-                if not stop.requested and evals.due(step):
-                    last_eval = evaluate_at(agent, cfg, step)
-                    log.log_eval(step, last_eval)
-                if step >= cfg.steps or stop.requested:
-                    break
-                t = time.perf_counter()
-                info = agent.update(replay.sample(cfg.batch_size, device=device))
-                losses.add(info, time.perf_counter() - t)
-                step += 1
-                check_nonfinite_streak(agent.counters["consecutive_skips"], cfg.lr, suspects)
-                if step % LOG_EVERY == 0 or step == cfg.steps:
-                    log.progress(step, upd_s=losses.flush(step))
-                if checkpoints.due(step) and step < cfg.steps:  # the last one is written below
-                    save(agent, replay, dataset, cfg, step)
-        losses.flush(step)
-        path = save(agent, replay, dataset, cfg, step)
-        if stop.requested:
-            log.write(f"{stop.signal_name}: checkpoint {path} written; continue with resume=true")
-    finally:
-        log.close()
+    trainer = OfflineTrainer(cfg)
+    out = trainer.run()
     return {
-        "updates": step,
-        "skipped_updates": agent.counters["skipped_updates"],
-        "eval": last_eval,
-        "interrupted": stop.requested,
-        "checkpoint": str(path) if path else None,
+        "updates": out.step,
+        "skipped_updates": trainer.agent.counters["skipped_updates"],
+        "eval": out.last_eval,
+        "interrupted": out.interrupted,
+        "checkpoint": str(out.checkpoint) if out.checkpoint else None,
     }
 
 

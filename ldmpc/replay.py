@@ -29,7 +29,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -40,9 +40,36 @@ if TYPE_CHECKING:
 
     from ldmpc.replay_snapshot import _SaveState
 
-__all__ = ["Episode", "EpisodeReplay"]
+__all__ = ["Episode", "EpisodeReplay", "RunReplay"]
 
 Episode = dict[str, Any]
+
+
+class RunReplay(Protocol):
+    """What a training run needs of its replay, whether it lives in the driver (`EpisodeReplay`
+    with a `directory`) or in shard actors (`actors.replay_shard.ShardedReplay`)."""
+
+    @property
+    def num_transitions(self) -> int: ...
+
+    @property
+    def num_episodes(self) -> int: ...
+
+    def add(self, episodes: Sequence[Episode]) -> None: ...
+
+    def sample(self, batch_size: int) -> dict[str, Any]: ...
+
+    def snapshot(self) -> dict[str, Any]:
+        """Write the contents to disk (incrementally) and return the small state a checkpoint
+        carries to match them."""
+        ...
+
+    def restore(self, state: dict[str, Any] | None, source: str) -> None:
+        """Return to a checkpoint's `snapshot()` state (None: the run has no checkpoint, start
+        empty); episodes written after it are dropped. `source` names the checkpoint."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class _EpisodeTable:
@@ -103,6 +130,11 @@ def replay_args(cfg: Any) -> dict[str, Any]:
     }
 
 
+def replay_dir(cfg: Any) -> str:
+    """Where a run's replay snapshots live: `<run_dir>/replay` (one folder per shard inside)."""
+    return os.path.join(cfg.run_dir, "replay")
+
+
 class _Index(NamedTuple):
     """Sampling index of the episodes with >= `span` transitions, grouped by task (FIFO order
     within a task): window w of the group lies in episode k with cum[k] <= w < cum[k+1]."""
@@ -135,7 +167,10 @@ class EpisodeReplay:
         seed: int = 0,
         obs_dtype: Any = np.float32,
         min_horizon: int | None = None,
+        directory: str | os.PathLike[str] | None = None,
     ) -> None:
+        """`directory`: where a run's snapshots go (`snapshot`/`restore`); None for a replay
+        that is never persisted that way (datasets, shards: they call save/load themselves)."""
         min_horizon = horizon if min_horizon is None else min_horizon
         if capacity < 1 or action_dim < 1 or not 1 <= min_horizon <= horizon:
             raise ValueError(
@@ -156,6 +191,7 @@ class EpisodeReplay:
         self._next_id = 0
         self._index_cache: dict[int, _Index] = {}
         self._saved: _SaveState | None = None
+        self.directory = Path(directory) if directory is not None else None
 
     # ----------------------------------------------------------------------------- storage
     def _alloc(self, rows: int) -> None:
@@ -452,6 +488,34 @@ class EpisodeReplay:
         from ldmpc.replay_snapshot import load_snapshot  # here: replay_snapshot imports this file
 
         load_snapshot(self, Path(path), before_id)
+
+    # ----------------------------------------------------------------------------- a run's replay
+    def snapshot(self) -> dict[str, Any]:
+        """`RunReplay.snapshot`: save to `directory`, return `get_state()`."""
+        self.save(self._run_directory())
+        return self.get_state()
+
+    def restore(self, state: dict[str, Any] | None, source: str) -> None:
+        """`RunReplay.restore`: reload `directory` up to the state's next episode id."""
+        if state is None:
+            return
+        folder = self._run_directory()
+        if folder.is_dir():
+            self.load(folder, before_id=state.get("next_episode_id"))
+        elif int(state.get("next_episode_id", 0)) > 0:
+            raise UserError(
+                f"resume=true: {source} continues a run whose replay folder {folder} is "
+                "missing; restore it, or start a new run (resume=false or another exp_name)"
+            )
+        self.set_state(state)
+
+    def close(self) -> None:
+        """Nothing to release (the shard actors' client kills its actors here)."""
+
+    def _run_directory(self) -> Path:
+        if self.directory is None:
+            raise ValueError("this EpisodeReplay has no directory: build it with directory=...")
+        return self.directory
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

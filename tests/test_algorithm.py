@@ -221,17 +221,17 @@ def test_training_loop_replay_utd_and_weight_sync(
 
 def _check_nonfinite_loss_is_skipped(algo: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A NaN loss skips the step: weights, target Q, Q scale and optimizer state stay put."""
-    module = algo.learner_group._learner.module["default_policy"]  # local mode: in-process
-    real = module._loss
+    update = algo.learner_group._learner._updates["default_policy"]  # local mode: in-process
+    real = update._loss_fn
 
     def nan_loss(*args: Any) -> Any:
         loss, metrics, new_scale = real(*args)
         return loss * float("nan"), metrics, new_scale
 
     before = algo.agent_weights()
-    monkeypatch.setattr(module, "_loss", nan_loss)
+    monkeypatch.setattr(update, "_loss_fn", nan_loss)
     algo._learn(1)
-    monkeypatch.setattr(module, "_loss", real)
+    monkeypatch.setattr(update, "_loss_fn", real)
     after = algo.agent_weights()
     assert after["counters"]["skipped_updates"] == before["counters"]["skipped_updates"] + 1
     for key in ("model", "scale"):
@@ -244,8 +244,8 @@ def _check_nonfinite_loss_is_skipped(algo: Any, monkeypatch: pytest.MonkeyPatch)
 
 @pytest.mark.heavy
 def test_checkpoint_and_resume_continue_the_run(local_ray: None, tmp_path: Any) -> None:
-    from actors.algorithm import replay_dir, run_training
-    from ldmpc.replay import EpisodeReplay
+    from actors.online import run_training
+    from ldmpc.replay import EpisodeReplay, replay_dir
 
     first = run_training(tiny_cfg(tmp_path, "steps=120"))
     assert not first["interrupted"] and first["eval"] is not None
@@ -317,10 +317,10 @@ def test_multitask_run_trains_checkpoints_and_resumes(
     """Three tasks online (episodes cut to 50): one sub-env per task, every task in replay with
     zero-padded observations and actions, finite weights, per-task eval, and a resume that
     loads the multitask checkpoint and continues."""
-    from actors.algorithm import replay_dir, run_training
+    from actors.online import run_training
     from ldmpc.agent import Agent
     from ldmpc.checkpoint import latest_checkpoint, load_checkpoint
-    from ldmpc.replay import EpisodeReplay
+    from ldmpc.replay import EpisodeReplay, replay_dir
 
     tasks = "cartpole-swingup,walker-walk,cup-catch"  # obs 5, 24, 8; actions 1, 6, 2
     args = [f"task={tasks}", "num_envs=3", "seed_steps=150", "eval_freq=600"]

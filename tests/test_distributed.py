@@ -83,7 +83,8 @@ def test_distributed_run_survives_runner_and_shard_kills(
 ) -> None:
     import ray
 
-    from actors.algorithm import build_algorithm, save
+    from actors.algorithm import build_algorithm
+    from actors.online import save
 
     # a quarter update per env step: the faults are in sampling and replay, and DDP's check
     # needs updates, not many of them (200 pretraining updates come first)
@@ -134,7 +135,7 @@ def test_distributed_run_survives_runner_and_shard_kills(
         f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
         "from ldmpc.mujoco_gl import configure_mujoco_gl; configure_mujoco_gl(); "
         "from ldmpc.config import load; from actors.ray_init import init_ray; "
-        "from actors.algorithm import build_algorithm, resume; "
+        "from actors.algorithm import build_algorithm; from actors.online import resume; "
         "from test_distributed import _learner_digests; "
         "cfg = load(json.loads(sys.argv[1])); init_ray(cfg); algo = build_algorithm(cfg); "
         "resume(algo, cfg); "

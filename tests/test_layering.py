@@ -107,7 +107,7 @@ def test_importing_the_packages_changes_nothing() -> None:
     `configure_mujoco_gl()` call does, at process start)."""
     env = {k: v for k, v in os.environ.items() if k != "MUJOCO_GL"}
     script = (
-        "import os, actors.algorithm, actors.sweep, learner.tdmpc_learner, ldmpc.envs.dmcontrol; "
+        "import os, actors.online, actors.sweep, learner.tdmpc_learner, ldmpc.envs.dmcontrol; "
         "print(os.environ.get('MUJOCO_GL'))"
     )
     assert _run(script, env) == "None"

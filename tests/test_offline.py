@@ -297,7 +297,7 @@ def test_offline_training_learns_the_reward(data: dict[str, Any], tmp_path: Path
     evaluate = ["eval", f"task={TASK}", f"checkpoint={checkpoint}", f"work_dir={work}", *TINY]
     assert main(evaluate) == 0
     # an online resume=true in the offline run's directory is refused before it acts
-    from actors.algorithm import resume
+    from actors.online import resume
     from ldmpc.config import load
 
     with pytest.raises(UserError, match="offline run's checkpoint"):

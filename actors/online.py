@@ -1,0 +1,191 @@
+"""`ldmpc train` online: the RLlib Algorithm driven by the one training loop (`ldmpc.trainer`).
+
+`run_training(cfg)` starts (or joins) Ray, builds `LdmpcAlgorithm`, and runs `OnlineTrainer`:
+a step is an env step; each `advance` is one `Algorithm.train()` call (sample, learn, sync for
+about half a second), and the updates owed for the steps taken are paid before an evaluation,
+a checkpoint or the end, as TD-MPC2 does. Evaluation runs in the driver on the learner's weights.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from omegaconf import DictConfig
+
+from actors.algorithm import Counters, LdmpcAlgorithm, build_algorithm
+from actors.ray_init import init_ray
+from ldmpc.errors import UserError
+from ldmpc.trainer import Trainer
+
+EvalHook = Callable[[int, dict[str, float], LdmpcAlgorithm], None]
+
+
+def run_training(cfg: DictConfig, on_eval: EvalHook | None = None) -> dict[str, Any]:
+    """`ldmpc train`: train until cfg.steps with periodic eval and checkpoints; resumable.
+
+    SIGINT/SIGTERM finish the current iteration, write a checkpoint and return. Returns the
+    final counters, the last eval result and whether the run was interrupted. `on_eval(step,
+    result, algo)` runs after each evaluation is logged (Ray Tune reports from there).
+    """
+    import ray
+
+    from ldmpc.runtime import set_threads
+
+    if cfg.data_dir is not None:
+        raise UserError("data_dir= is offline training: run it with ldmpc.offline.run_offline")
+    set_threads(cfg.torch_threads)
+    started_ray = init_ray(cfg)
+    algo = build_algorithm(cfg)
+    try:
+        out = OnlineTrainer(algo, cfg, on_eval).run()
+    finally:
+        algo.stop()
+        if started_ray:
+            ray.shutdown()
+    return {
+        **asdict(algo.counters),
+        "eval": out.last_eval,
+        "interrupted": out.interrupted,
+        "checkpoint": str(out.checkpoint) if out.checkpoint else None,
+    }
+
+
+class OnlineTrainer(Trainer):
+    """Online progress: env steps on the runners, updates on the learner."""
+
+    def __init__(self, algo: LdmpcAlgorithm, cfg: DictConfig, on_eval: EvalHook | None) -> None:
+        super().__init__(cfg)
+        self.algo = algo
+        self.on_eval = on_eval
+
+    def resume(self) -> int:
+        return resume(self.algo, self.cfg)
+
+    def started(self, start: int) -> None:
+        self.evaluator = Evaluator(self.cfg)  # after resume, as always: same global RNG draws
+        self.rate = Rate(start, self.algo.counters.updates)
+
+    def owes_work(self) -> bool:
+        algo = self.algo
+        return algo.can_learn and algo.counters.env_steps >= algo.sample_until
+
+    def do_owed_work(self) -> None:
+        self.algo.train()  # no env step is taken past sample_until: it only pays updates
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        return self.evaluator(self.algo, step)
+
+    def evaluated(self, step: int, result: dict[str, float]) -> None:
+        if self.on_eval is not None:
+            self.on_eval(step, result, self.algo)
+
+    def advance(self, until: int) -> int:
+        algo = self.algo
+        algo.sample_until = until
+        algo.train()
+        step = algo.counters.env_steps
+        _log_episodes(algo, self.log, self.rate)
+        self.log.progress(step, sps=self.rate.steps_per_s(step), upd=algo.counters.updates)
+        return step
+
+    def finish(self, step: int) -> None:
+        self.algo.store_open_episodes()
+
+    def save(self, step: int) -> Any:
+        return save(self.algo, self.cfg)
+
+
+class Rate:
+    """Env steps/s and updates/s since this process started (resume-aware)."""
+
+    def __init__(self, steps: int, updates: int) -> None:
+        self.t0, self.steps0, self.updates0 = time.perf_counter(), steps, updates
+
+    def steps_per_s(self, steps: int) -> float:
+        return (steps - self.steps0) / max(time.perf_counter() - self.t0, 1e-9)
+
+    def updates_per_s(self, updates: int) -> float:
+        return (updates - self.updates0) / max(time.perf_counter() - self.t0, 1e-9)
+
+
+def _log_episodes(algo: LdmpcAlgorithm, log: Any, rate: Rate) -> None:
+    """One train.csv row per finished episode (at the step it ended), as TD-MPC2 logs."""
+    c = algo.counters
+    for ep in algo.pop_finished():
+        log.log_train(
+            ep.step,
+            {
+                "episode": ep.episode,
+                "episode_reward": ep.ret,
+                "episode_success": ep.success,
+                "steps_per_s": rate.steps_per_s(c.env_steps),
+                "updates": c.updates,
+                "updates_per_s": rate.updates_per_s(c.updates),
+                **({"task": algo.cfg.tasks[ep.task]} if algo.cfg.multitask else {}),
+            },
+        )
+
+
+class Evaluator:
+    """A driver-side agent that gets the learner's weights before each evaluation.
+
+    Works the same whether the learner is in this process or a remote actor.
+    """
+
+    def __init__(self, cfg: DictConfig) -> None:
+        from ldmpc.agent import Agent
+        from ldmpc.runtime import resolve_device
+
+        self.cfg = cfg
+        self.agent = Agent(cfg, resolve_device(cfg.device), learn=False)
+
+    def __call__(self, algo: LdmpcAlgorithm, step: int) -> dict[str, float]:
+        from ldmpc.evaluate import evaluate_at
+
+        self.agent.load_state_dict(algo.agent_weights())
+        return evaluate_at(self.agent, self.cfg, step)
+
+
+def save(algo: LdmpcAlgorithm, cfg: DictConfig) -> Any:
+    """Replay snapshot first, then the checkpoint: a kill in between loses no episode that the
+    checkpoint's counters claim. Returns the checkpoint path (None when save_agent=false)."""
+    from ldmpc.checkpoint import save_run_checkpoint
+    from ldmpc.config import fingerprint
+
+    if not cfg.save_agent:
+        return None
+    replay_state = algo.replay.snapshot()
+    state = {**algo.ldmpc_state(), "replay": replay_state}
+    counters = state.pop("counters")
+    return save_run_checkpoint(
+        cfg.run_dir, algo.counters.env_steps, state, fingerprint=fingerprint(cfg), counters=counters
+    )
+
+
+def resume(algo: LdmpcAlgorithm, cfg: DictConfig) -> int:
+    """Restore weights, optimizers, counters and replay from the run's newest checkpoint.
+
+    Returns the step to continue from (0 when the run has no checkpoint yet).
+    """
+    from ldmpc.checkpoint import latest_checkpoint, load_checkpoint
+    from ldmpc.config import fingerprint
+
+    path = latest_checkpoint(cfg.run_dir)
+    if path is None:
+        print(f"resume=true: no checkpoint in {cfg.run_dir} yet, starting from step 0")
+        algo.replay.restore(None, cfg.run_dir)
+        return 0
+    ckpt = load_checkpoint(path, expected_fingerprint=fingerprint(cfg))
+    if ckpt["payload"].get("offline"):
+        raise UserError(
+            f"{path} is an offline run's checkpoint (data_dir=): online resume=true would "
+            "restart at env step 0; start the online run under another exp_name"
+        )
+    algo.replay.restore(ckpt["payload"]["replay"], str(path))
+    fields = Counters.__dataclass_fields__
+    counters = {k: v for k, v in ckpt["counters"].items() if k in fields}
+    algo.set_ldmpc_state({**ckpt["payload"], "counters": counters})
+    return algo.counters.env_steps

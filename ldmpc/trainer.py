@@ -1,0 +1,112 @@
+"""The one training loop: evaluation cadence, checkpoints, resume and SIGINT/SIGTERM.
+
+`ldmpc train` has two ways to make progress: online (`actors.online.OnlineTrainer`: env steps
+on RLlib env runners, updates on the learner) and offline (`ldmpc.offline.OfflineTrainer`:
+updates on a dataset). Both are a `Trainer`: they say how to resume, advance, evaluate and save,
+and this loop says when. So evaluations land at exact multiples of `eval_freq` (TD-MPC2's grid,
+one owed by an earlier stop first), checkpoints at multiples of `checkpoint_freq` and at the end,
+and a stop writes the last checkpoint and says how to continue, the same way in both modes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ldmpc.cadence import Every, eval_cadence
+from ldmpc.checkpoint import GracefulExit
+from ldmpc.logging import RunLogger
+
+
+@dataclass
+class LoopResult:
+    """Where a run ended: its step, the last evaluation, whether a signal stopped it and the
+    last checkpoint written (None with save_agent=false)."""
+
+    step: int
+    last_eval: dict[str, float] | None
+    interrupted: bool
+    checkpoint: Path | None
+
+
+class Trainer(ABC):
+    """A run's progress: `run()` is the loop; subclasses say how each part is done."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.log: RunLogger | None = None
+
+    # ------------------------------------------------------------------ what a mode provides
+    @abstractmethod
+    def resume(self) -> int:
+        """Restore the run's newest checkpoint; the step to continue from (0 without one)."""
+
+    @abstractmethod
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Evaluate the current agent (TD-MPC2's protocol) at `step`."""
+
+    @abstractmethod
+    def advance(self, until: int) -> int:
+        """Make some progress without passing step `until`; return the step reached. One call
+        is a short unit of work, so a signal is answered between calls."""
+
+    @abstractmethod
+    def save(self, step: int) -> Path | None:
+        """Write a checkpoint at `step` (None when checkpoints are off)."""
+
+    def started(self, start: int) -> None:
+        """After resume, once `self.log` exists."""
+        return None  # optional hook
+
+    def owes_work(self) -> bool:
+        """Work that must be done before an evaluation, a checkpoint or the end (online: the
+        updates owed for the steps taken, as TD-MPC2 pays them before it evaluates)."""
+        return False
+
+    def do_owed_work(self) -> None:
+        """One unit of the owed work."""
+        return None  # optional hook
+
+    def evaluated(self, step: int, result: dict[str, float]) -> None:
+        """After each evaluation is logged (Ray Tune reports from here)."""
+        return None  # optional hook
+
+    def finish(self, step: int) -> None:
+        """Before the last checkpoint (online: store the running episodes)."""
+        return None  # optional hook
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> LoopResult:
+        cfg = self.cfg
+        start = self.resume() if cfg.resume else 0
+        log = self.log = RunLogger(cfg, start_step=start, resumed=start > 0)
+        self.started(start)
+        evals = eval_cadence(cfg.eval_freq, start, log.missing_eval_at)
+        checkpoints = Every(cfg.checkpoint_freq, start, fire_at_start=False)
+        step, last_eval, path = start, None, None
+        try:
+            with GracefulExit() as stop:
+                while True:
+                    if not stop.requested and self.owes_work():
+                        self.do_owed_work()
+                        continue
+                    if not stop.requested and evals.due(step):
+                        last_eval = self.evaluate(step)
+                        log.log_eval(step, last_eval)
+                        self.evaluated(step, last_eval)
+                    if step >= cfg.steps or stop.requested:
+                        break
+                    step = self.advance(min(cfg.steps, evals.next_at, checkpoints.next_at))
+                    if checkpoints.due(step) and step < cfg.steps:  # the last one: below
+                        self.save(step)
+            self.finish(step)
+            path = self.save(step)
+            if stop.requested:
+                log.write(
+                    f"{stop.signal_name}: checkpoint {path} written; continue with resume=true"
+                )
+        finally:
+            log.close()
+        return LoopResult(step, last_eval, stop.requested, path)
