@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
@@ -51,6 +50,7 @@ from actors.env_runner import (
 )
 from actors.planner_module import PlannerModule, module_config
 from actors.replay_shard import ShardedReplay
+from ldmpc.config import Config, to_dict
 from ldmpc.envs.multitask import multitask_episode
 from ldmpc.replay import EpisodeReplay, RunReplay, replay_args, replay_dir
 from ldmpc.update import check_nonfinite_streak
@@ -95,7 +95,7 @@ class LdmpcConfig(AlgorithmConfig):
             raise ValueError("LdmpcConfig.ldmpc is empty: build it with rllib_config(cfg)")
 
 
-def env_config(cfg: DictConfig) -> dict[str, Any]:
+def env_config(cfg: Config) -> dict[str, Any]:
     """What the env creator (`actors.env_runner.make_ldmpc_env`) needs; multitask runs add the
     task set, the padded sizes and the run's number of sub-envs (the round-robin stride)."""
     out: dict[str, Any] = {"task": cfg.task, "obs": cfg.obs, "seed": cfg.seed}
@@ -110,9 +110,8 @@ def env_config(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
-def rllib_config(cfg: DictConfig) -> LdmpcConfig:
+def rllib_config(cfg: Config) -> LdmpcConfig:
     """Translate our derived config into RLlib's settings (local topology by default)."""
-    from ldmpc.config import to_dict
     from ldmpc.runtime import resolve_device
 
     device = resolve_device(cfg.device)
@@ -176,8 +175,7 @@ class LdmpcAlgorithm(Algorithm):
 
     def setup(self, config: AlgorithmConfig) -> None:
         super().setup(config)
-        self.cfg: DictConfig = OmegaConf.create(self.config.ldmpc)
-        OmegaConf.set_readonly(self.cfg, True)
+        self.cfg = Config.from_dict(self.config.ldmpc)
         cfg = self.cfg
         self.replay = make_replay(cfg)
         self.stitcher = EpisodeStitcher()
@@ -465,7 +463,7 @@ class LdmpcAlgorithm(Algorithm):
         )
 
 
-def make_replay(cfg: DictConfig) -> RunReplay:
+def make_replay(cfg: Config) -> RunReplay:
     """The driver's replay (replay_shards=0) or a client of `replay_shards` shard actors; both
     snapshot to `<run_dir>/replay`."""
     if cfg.replay_shards:
@@ -480,5 +478,5 @@ def _first(results: Any) -> Any:
     return next(iter(results)).get()
 
 
-def build_algorithm(cfg: DictConfig) -> LdmpcAlgorithm:
+def build_algorithm(cfg: Config) -> LdmpcAlgorithm:
     return rllib_config(cfg).build_algo()

@@ -13,17 +13,16 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from omegaconf import DictConfig
-
 from actors.algorithm import Counters, LdmpcAlgorithm, build_algorithm
 from actors.ray_init import init_ray
+from ldmpc.config import Config
 from ldmpc.errors import UserError
 from ldmpc.trainer import Trainer
 
 EvalHook = Callable[[int, dict[str, float], LdmpcAlgorithm], None]
 
 
-def run_training(cfg: DictConfig, on_eval: EvalHook | None = None) -> dict[str, Any]:
+def run_training(cfg: Config, on_eval: EvalHook | None = None) -> dict[str, Any]:
     """`ldmpc train`: train until cfg.steps with periodic eval and checkpoints; resumable.
 
     SIGINT/SIGTERM finish the current iteration, write a checkpoint and return. Returns the
@@ -56,7 +55,7 @@ def run_training(cfg: DictConfig, on_eval: EvalHook | None = None) -> dict[str, 
 class OnlineTrainer(Trainer):
     """Online progress: env steps on the runners, updates on the learner."""
 
-    def __init__(self, algo: LdmpcAlgorithm, cfg: DictConfig, on_eval: EvalHook | None) -> None:
+    def __init__(self, algo: LdmpcAlgorithm, cfg: Config, on_eval: EvalHook | None) -> None:
         super().__init__(cfg)
         self.algo = algo
         self.on_eval = on_eval
@@ -135,7 +134,7 @@ class Evaluator:
     Works the same whether the learner is in this process or a remote actor.
     """
 
-    def __init__(self, cfg: DictConfig) -> None:
+    def __init__(self, cfg: Config) -> None:
         from ldmpc.agent import Agent
         from ldmpc.runtime import resolve_device
 
@@ -149,7 +148,7 @@ class Evaluator:
         return evaluate_at(self.agent, self.cfg, step)
 
 
-def save(algo: LdmpcAlgorithm, cfg: DictConfig) -> Any:
+def save(algo: LdmpcAlgorithm, cfg: Config) -> Any:
     """Replay snapshot first, then the checkpoint: a kill in between loses no episode that the
     checkpoint's counters claim. Returns the checkpoint path (None when save_agent=false)."""
     from ldmpc.checkpoint import save_run_checkpoint
@@ -165,7 +164,7 @@ def save(algo: LdmpcAlgorithm, cfg: DictConfig) -> Any:
     )
 
 
-def resume(algo: LdmpcAlgorithm, cfg: DictConfig) -> int:
+def resume(algo: LdmpcAlgorithm, cfg: Config) -> int:
     """Restore weights, optimizers, counters and replay from the run's newest checkpoint.
 
     Returns the step to continue from (0 when the run has no checkpoint yet).

@@ -17,25 +17,25 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 from ray.rllib.utils.annotations import override
 
 from ldmpc.agent import Agent
 from ldmpc.compile import maybe_compile
+from ldmpc.config import Config, to_dict
 from ldmpc.losses import total_loss
 
 FIRST = "first"  # state key: 1.0 while the env has not been planned for in this episode
 
 
-def module_config(cfg: DictConfig) -> dict[str, Any]:
+def module_config(cfg: Config) -> dict[str, Any]:
     """The RLModule `model_config`: our whole derived config (plain dict) + RLlib's max_seq_len.
 
     max_seq_len is required by RLlib for stateful modules; we never train on sequences of
     module states, so it is 1.
     """
-    return {"ldmpc": OmegaConf.to_container(cfg, resolve=True), "max_seq_len": 1}
+    return {"ldmpc": to_dict(cfg), "max_seq_len": 1}
 
 
 class PlannerModule(TorchRLModule):
@@ -43,9 +43,7 @@ class PlannerModule(TorchRLModule):
 
     @override(TorchRLModule)
     def setup(self) -> None:
-        cfg = OmegaConf.create(self.model_config["ldmpc"])
-        OmegaConf.set_readonly(cfg, True)
-        self.cfg: DictConfig = cfg
+        cfg = self.cfg = Config.from_dict(self.model_config["ldmpc"])
         # The networks are the agent's world model and Q scale, registered here as this module's
         # weights (weight sync, DDP, RLlib checkpoints). The agent itself is a plain object (the
         # planning logic); built on the CPU, RLlib then moves the module (see _apply). It builds

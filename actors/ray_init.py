@@ -19,8 +19,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from omegaconf import DictConfig
-
+from ldmpc.config import Config
 from ldmpc.errors import UserError
 
 # Ray's unix sockets live at <temp>/ray/session_<date>_<time>_<us>_<pid>/sockets/plasma_store,
@@ -54,7 +53,7 @@ def check_ray_temp_dir() -> None:
         )
 
 
-def init_ray(cfg: DictConfig) -> bool:
+def init_ray(cfg: Config) -> bool:
     """Join the cluster at `cfg.address` (else RAY_ADDRESS), or start a local Ray.
 
     Returns False when Ray was already up (a Tune trial), else True: the caller then ends with
@@ -97,7 +96,7 @@ def init_ray(cfg: DictConfig) -> bool:
     return True
 
 
-def cluster_address(cfg: DictConfig) -> tuple[str, str] | None:
+def cluster_address(cfg: Config) -> tuple[str, str] | None:
     """(label for messages, probed address for ray.init), or None for a local Ray."""
     if cfg.address:
         label, raw = f"address={cfg.address}", str(cfg.address)
@@ -249,7 +248,7 @@ def _chain(err: BaseException | None) -> str:
     return "\n".join(parts)
 
 
-def check_resources(cfg: DictConfig, wait_s: float = 0.0) -> None:
+def check_resources(cfg: Config, wait_s: float = 0.0) -> None:
     """One line instead of a run that waits forever for env runners Ray cannot place.
 
     On a joined cluster (`wait_s` > 0) a shortfall is first asked of the autoscaler and
@@ -262,7 +261,7 @@ def check_resources(cfg: DictConfig, wait_s: float = 0.0) -> None:
         raise UserError(short)
 
 
-def _actor_groups(cfg: DictConfig) -> list[tuple[str, int, float, float]]:
+def _actor_groups(cfg: Config) -> list[tuple[str, int, float, float]]:
     """(name, count, CPUs each, GPUs each) of every kind of actor the run asks Ray to place."""
     runners = cfg.num_env_runners
     return [
@@ -271,7 +270,7 @@ def _actor_groups(cfg: DictConfig) -> list[tuple[str, int, float, float]]:
     ]
 
 
-def _shortfall(cfg: DictConfig) -> str | None:
+def _shortfall(cfg: Config) -> str | None:
     import ray
 
     have = ray.cluster_resources()
@@ -290,7 +289,7 @@ def _shortfall(cfg: DictConfig) -> str | None:
     return None
 
 
-def _wait_for_autoscaler(cfg: DictConfig, short: str, wait_s: float) -> str | None:
+def _wait_for_autoscaler(cfg: Config, short: str, wait_s: float) -> str | None:
     from ray.autoscaler.sdk import request_resources
 
     bundles: list[dict[str, Any]] = []

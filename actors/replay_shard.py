@@ -28,13 +28,16 @@ import warnings
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ldmpc.errors import UserError
 from ldmpc.replay import Episode, EpisodeReplay, replay_args, replay_dir
 from ldmpc.replay_snapshot import MANIFEST
+
+if TYPE_CHECKING:
+    from ldmpc.config import Config
 
 __all__ = ["ReplayShard", "ShardedReplay", "remote_shard_class", "shard_dir", "shard_of"]
 
@@ -308,7 +311,7 @@ class ShardedReplay:
 
     @classmethod
     def from_config(
-        cls, cfg: Any, num_shards: int, snapshot_every: int = 16, resume: bool = False
+        cls, cfg: Config, num_shards: int, snapshot_every: int = 16, resume: bool = False
     ) -> ShardedReplay:
         """The algorithm's replay: `<run_dir>/replay/shard_<i>`, sized and typed by `cfg`."""
         return cls(

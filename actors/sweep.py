@@ -21,10 +21,13 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ldmpc.errors import UserError
 from ldmpc.sweep_spec import Dimension, SweepSpec, load_spec
+
+if TYPE_CHECKING:
+    from ldmpc.config import Config
 
 CHECKPOINTS_KEPT = 4  # per trial (PBT); Tune warns that <= 2 can delete one being cloned
 
@@ -171,7 +174,7 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], with_checkpoints: 
     run_training(cfg, on_eval=_reporter(cfg, with_checkpoints))
 
 
-def _reporter(cfg: Any, with_checkpoints: bool) -> Any:
+def _reporter(cfg: Config, with_checkpoints: bool) -> Any:
     """The `on_eval` hook: one Tune report per evaluation (with a checkpoint for PBT)."""
     from ray import tune
 
@@ -211,7 +214,7 @@ def _link_or_copy(src: Any, dst: Any) -> None:
         shutil.copy2(src, dst)
 
 
-def restore_run(folder: Path, cfg: Any) -> None:
+def restore_run(folder: Path, cfg: Config) -> None:
     """Put a Tune checkpoint (possibly another trial's, under PBT) into this trial's run
     directory, replacing its own checkpoints and replay, so `resume=true` continues from it."""
     run_dir = Path(cfg.run_dir)

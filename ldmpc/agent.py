@@ -8,13 +8,12 @@ one (env runners, evaluation) builds no optimizers.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from ldmpc.compile import maybe_compile
+from ldmpc.config import Config
 from ldmpc.envs.multitask import split_task_obs
 from ldmpc.losses import Batch, RunningScale
 from ldmpc.planner import plan, sample_noise
@@ -24,19 +23,11 @@ from ldmpc.world_model import WorldModel
 AgentState = dict[str, torch.Tensor]
 
 
-def plain_config(cfg: Any) -> SimpleNamespace:
-    """Attribute view of the config with plain Python values: cheap attribute reads in the hot
-    loops and nothing OmegaConf-specific for torch.compile to trace."""
-    if isinstance(cfg, DictConfig):
-        return SimpleNamespace(**OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    return cfg
-
-
 class Agent:
     """Holds the world model, the Q scale, the acting RNG and, when it learns, its `Update`."""
 
-    def __init__(self, cfg: Any, device: torch.device | str = "cpu", learn: bool = True) -> None:
-        self.cfg = plain_config(cfg)
+    def __init__(self, cfg: Config, device: torch.device | str = "cpu", learn: bool = True) -> None:
+        self.cfg = cfg
         self.device = torch.device(device)
         self.model = WorldModel(self.cfg).to(self.device).eval()
         self.scale = RunningScale(self.cfg.tau).to(self.device)

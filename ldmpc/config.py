@@ -1,9 +1,11 @@
 """Typed configuration: TD-MPC2's keys and defaults plus ldmpc's own, validated once.
 
 Users override keys exactly as in TD-MPC2 (`task=dog-run steps=7000000 compile=true`).
-`parse()` turns overrides into a validated config; `derive()` fills the values that follow from
-the task and the environment (episode length, shapes, seed steps, discount, bins) and freezes it.
-After `derive()` the config is read-only: every later module can trust it.
+`parse()` turns overrides into a validated config (an OmegaConf view of the `Config` schema, which
+type-checks every assignment); `derive()` fills the values that follow from the task and the
+environment (episode length, shapes, seed steps, discount, bins) and returns a frozen `Config`.
+That one typed, read-only object is what every later module takes (the core, the RLlib module
+and learner: `Config.from_dict` rebuilds it from the plain dict RLlib carries).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from ldmpc.errors import UserError, close_matches
@@ -53,9 +55,10 @@ def _f(default: Any, help: str, derived: bool = False) -> Any:
     return field(default=default, metadata=meta)
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class Config:
-    """Every key a run reads. Field order is the order of `--help`."""
+    """Every key a run reads. Field order is the order of `--help`. Frozen: built once by
+    `derive()` (or `from_dict`), then read-only everywhere."""
 
     # environment
     task: str = _f("cartpole-swingup", "task (see `ldmpc tasks`) or task set: mt30, mt80, mw10")
@@ -201,6 +204,11 @@ class Config:
     discounts: list[float] = _f([], "per-task discounts", derived=True)
     run_dir: str = _f("", "run directory", derived=True)
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        """The inverse of `to_dict` (RLlib carries the config as a plain dict)."""
+        return cls(**values)
+
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 USER_KEYS = [name for name, f in FIELDS.items() if not f.metadata["derived"]]
@@ -254,17 +262,20 @@ def parse(overrides: list[str] | dict[str, Any] | None = None) -> DictConfig:
     for key in given:
         if key not in FIELDS or FIELDS[key].metadata["derived"]:
             raise UserError(f"unknown config key '{key}'{close_matches(key, USER_KEYS)}")
-    cfg = OmegaConf.structured(Config)
-    for key, raw in given.items():
-        try:
-            cfg[key] = coerce(key, raw) if isinstance(raw, str) else raw
-        except (ValueError, OmegaConfBaseException):
-            raise UserError(f"{key}={raw!s}: expected {_type_name(FIELDS[key].type)}") from None
-    if cfg.model_size not in MODEL_SIZES:
-        raise UserError(f"model_size={cfg.model_size}: allowed {', '.join(map(str, MODEL_SIZES))}")
-    for key, value in MODEL_SIZES[cfg.model_size].items():
-        if key not in given:
-            cfg[key] = value
+    cfg = OmegaConf.structured(Config)  # read-only (the schema is frozen): writes opened here
+    with read_write(cfg):
+        for key, raw in given.items():
+            try:
+                cfg[key] = coerce(key, raw) if isinstance(raw, str) else raw
+            except (ValueError, OmegaConfBaseException):
+                expected = _type_name(FIELDS[key].type)
+                raise UserError(f"{key}={raw!s}: expected {expected}") from None
+        if cfg.model_size not in MODEL_SIZES:
+            sizes = ", ".join(map(str, MODEL_SIZES))
+            raise UserError(f"model_size={cfg.model_size}: allowed {sizes}")
+        for key, value in MODEL_SIZES[cfg.model_size].items():
+            if key not in given:
+                cfg[key] = value
     validate(cfg)
     return cfg
 
@@ -527,7 +538,7 @@ def discount_heuristic(episode_length: int, denom: float, lo: float, hi: float) 
     return float(min(max((frac - 1) / frac, lo), hi)) if frac > 1 else lo
 
 
-def run_dir_of(cfg: DictConfig) -> str:
+def run_dir_of(cfg: DictConfig | Config) -> str:
     """<work_dir>/<task>/<seed>/<exp_name>, as TD-MPC2 lays out its logs."""
     return os.path.join(cfg.work_dir, cfg.task, str(cfg.seed), cfg.exp_name)
 
@@ -537,8 +548,8 @@ def derive(
     obs_shape: tuple[int, ...],
     action_dim: int,
     dims: tuple[list[int], list[int]] | None = None,
-) -> DictConfig:
-    """Fill every derived value in one place, then freeze the config.
+) -> Config:
+    """Fill every derived value in one place; the run's frozen `Config`.
 
     Multitask (a task set or list): `dims` = (obs dims, action dims) per task; the model's
     obs_shape / action_dim are the largest (TD-MPC2 zero-pads to them), each task keeps its own
@@ -548,6 +559,18 @@ def derive(
 
     specs = resolve_tasks(cfg.task)
     cfg = cfg.copy()
+    with read_write(cfg):
+        _fill_derived(cfg, specs, obs_shape, action_dim, dims)
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]  # a frozen Config
+
+
+def _fill_derived(
+    cfg: DictConfig,
+    specs: list[Any],
+    obs_shape: tuple[int, ...],
+    action_dim: int,
+    dims: tuple[list[int], list[int]] | None,
+) -> None:
     cfg.tasks = [s.name for s in specs]
     cfg.multitask = len(specs) > 1
     cfg.episode_length = max(s.episode_length for s in specs)
@@ -576,13 +599,11 @@ def derive(
     if cfg.seed_steps == 0:
         cfg.seed_steps = max(1000, 5 * cfg.episode_length)
     cfg.run_dir = run_dir_of(cfg)
-    OmegaConf.set_readonly(cfg, True)
-    return cfg
 
 
-def to_dict(cfg: DictConfig) -> dict[str, Any]:
-    """Plain-python view (for checkpoints, CSV headers, wandb)."""
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain-python view (for checkpoints, CSV headers, wandb, RLlib's configs)."""
+    return dataclasses.asdict(cfg)
 
 
 # Fingerprint keys that are left out for their older value: what a fingerprint without one
@@ -590,7 +611,7 @@ def to_dict(cfg: DictConfig) -> dict[str, Any]:
 FINGERPRINT_ABSENT_MEANS: dict[str, Any] = {"diffusion_residual": False}
 
 
-def fingerprint(cfg: DictConfig) -> dict[str, Any]:
+def fingerprint(cfg: Config) -> dict[str, Any]:
     """The keys a checkpoint must agree on to be loadable into this config."""
     keys = (
         "task",
@@ -609,7 +630,7 @@ def fingerprint(cfg: DictConfig) -> dict[str, Any]:
         "obs_shape",
         "action_dim",
     )
-    fp = {k: (list(cfg[k]) if k == "obs_shape" else cfg[k]) for k in keys}
+    fp = {k: (list(cfg.obs_shape) if k == "obs_shape" else getattr(cfg, k)) for k in keys}
     if cfg.obs == "rgb":  # the conv encoder's width (absent from state checkpoints)
         fp["num_channels"] = cfg.num_channels
     if cfg.dynamics == "diffusion" and cfg.diffusion_residual:  # absent from older checkpoints
@@ -621,7 +642,7 @@ def fingerprint(cfg: DictConfig) -> dict[str, Any]:
     return fp
 
 
-def load(overrides: list[str] | dict[str, Any] | None = None) -> DictConfig:
+def load(overrides: list[str] | dict[str, Any] | None = None) -> Config:
     """parse() + one probe env for the observation/action shapes + derive(): a run's config."""
     from ldmpc.envs import make_env
     from ldmpc.tasks import resolve_tasks

@@ -17,12 +17,15 @@ deterministic. TD-MPC2 also shifts the frames it plans from.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ldmpc.nets import NormedLinear, SimNorm
+
+if TYPE_CHECKING:
+    from ldmpc.config import Config
 
 SHIFT_PAD = 3  # TD-MPC2's ShiftAug default
 # (kernel, stride) of each conv layer, TD-MPC2's layout for 64 x 64 frames
@@ -91,7 +94,7 @@ class PixelEncoder(nn.Module):
         return self.head(self.convs(x)).reshape(*lead, -1)
 
 
-def pixel_encoder(cfg: Any) -> PixelEncoder:
+def pixel_encoder(cfg: Config) -> PixelEncoder:
     """The world model's encoder for obs=rgb, from the derived config."""
     if cfg.multitask:  # the task embedding is appended to flat observations; TD-MPC2 neither
         raise ValueError("obs=rgb supports single tasks only, got a task set")

@@ -40,12 +40,15 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ldmpc.errors import UserError
 from ldmpc.tasks import TASK_SETS
+
+if TYPE_CHECKING:
+    from ldmpc.config import Config
 
 TDMPC2_TASKS: list[str] = TASK_SETS["mt80"]  # what TD-MPC2's task ids index (mt30 = first 30)
 TASKS_FILE = "tasks.json"
@@ -421,17 +424,15 @@ class Target:
         return f"{name} has obs_shape {obs} action_dim {self.action_widths[k]}"
 
 
-def run_target(cfg: Any) -> Target:
+def run_target(cfg: Config) -> Target:
     """A run's target: cfg.tasks, cfg.obs_shape/action_dim (the padded widths), and each task's
-    own widths (`obs_dims`, `action_dims`; the config's, where it has them)."""
-    n = len(cfg.tasks)
-    obs_dims, action_dims = cfg.get("obs_dims"), cfg.get("action_dims")
+    own widths (`obs_dims`, `action_dims`)."""
     return Target(
         tasks=list(cfg.tasks),
         obs_shape=tuple(cfg.obs_shape),
         action_dim=int(cfg.action_dim),
-        obs_widths=tuple(int(d) for d in obs_dims) if obs_dims else (cfg.obs_shape[0],) * n,
-        action_widths=tuple(int(a) for a in action_dims) if action_dims else (cfg.action_dim,) * n,
+        obs_widths=tuple(int(d) for d in cfg.obs_dims),
+        action_widths=tuple(int(a) for a in cfg.action_dims),
         obs_dtype=np.dtype(np.uint8 if cfg.obs == "rgb" else np.float32),
     )
 
@@ -560,7 +561,7 @@ def fill(replay: Any, ds: Dataset, target: Target) -> FillStats:
 
 
 # ------------------------------------------------------------------------------ a run's replay
-def load_for_run(cfg: Any) -> tuple[Any, dict[str, Any]]:
+def load_for_run(cfg: Config) -> tuple[Any, dict[str, Any]]:
     """The whole dataset at cfg.data_dir in an EpisodeReplay sized to hold it (capacity
     max(buffer_size, dataset transitions)), and a summary a checkpoint keeps to match it."""
     from ldmpc.replay import EpisodeReplay, replay_args

@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
+from ldmpc.config import Config
 from ldmpc.envs import make_vector_env, vector_of
 
 EVAL_SEED_OFFSET = 10_000  # eval envs never share seeds with the training envs
 
 
-def eval_seed(cfg: DictConfig) -> int:
+def eval_seed(cfg: Config) -> int:
     return int(cfg.seed) + EVAL_SEED_OFFSET
 
 
@@ -30,7 +30,7 @@ def _frames(envs: Any) -> list[np.ndarray] | None:
         return None
 
 
-def eval_task_ids(cfg: DictConfig) -> list[int]:
+def eval_task_ids(cfg: Config) -> list[int]:
     """Indices (into cfg.tasks) of the tasks an evaluation covers: all, or `eval_task`
     (validated with the config)."""
     if cfg.eval_task is None:
@@ -38,7 +38,7 @@ def eval_task_ids(cfg: DictConfig) -> list[int]:
     return [list(cfg.tasks).index(cfg.eval_task)]
 
 
-def _eval_envs(cfg: DictConfig, episodes: int, seed: int) -> tuple[Any, np.ndarray]:
+def _eval_envs(cfg: Config, episodes: int, seed: int) -> tuple[Any, np.ndarray]:
     """The vector env of one evaluation and the task index of each sub-env: `episodes` sub-envs
     per evaluated task (multitask: fixed-task `MultitaskEnv`s, padded like training's)."""
     if not cfg.multitask:
@@ -63,7 +63,7 @@ def normalized_score(metric: str, ret: np.ndarray, success: np.ndarray) -> np.nd
 
 
 def evaluate(
-    agent: Any, cfg: DictConfig, episodes: int, seed: int, video_dir: str | None = None
+    agent: Any, cfg: Config, episodes: int, seed: int, video_dir: str | None = None
 ) -> dict[str, float]:
     """Run `episodes` episodes (per task when multitask) in parallel with the planner in eval
     mode; mean/std of return and success (multitask: also per task, and the normalized score)."""
@@ -108,7 +108,7 @@ def evaluate(
     return result
 
 
-def evaluate_at(agent: Any, cfg: DictConfig, step: int) -> dict[str, float]:
+def evaluate_at(agent: Any, cfg: Config, step: int) -> dict[str, float]:
     """A training run's periodic evaluation (online or offline): `eval_episodes` on the eval
     seeds, videos under <run_dir>/videos/step_<step> when save_video."""
     video = os.path.join(cfg.run_dir, "videos", f"step_{step}") if cfg.save_video else None
@@ -116,7 +116,7 @@ def evaluate_at(agent: Any, cfg: DictConfig, step: int) -> dict[str, float]:
 
 
 def _per_task(
-    cfg: DictConfig, env_task: np.ndarray, returns: np.ndarray, success: np.ndarray
+    cfg: Config, env_task: np.ndarray, returns: np.ndarray, success: np.ndarray
 ) -> dict[str, float]:
     """reward/<task>, success/<task>, score/<task> of each evaluated task; the means over
     tasks (every task weighs the same) as episode_reward, episode_success, episode_score."""
@@ -145,7 +145,7 @@ def _write_videos(videos: list[list[np.ndarray]], video_dir: str) -> None:
             imageio.mimsave(path, frames, fps=15, macro_block_size=1)
 
 
-def load_agent(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
+def load_agent(cfg: Config) -> tuple[Any, dict[str, Any]]:
     """A fresh agent holding the weights of `cfg.checkpoint` (which must match cfg's
     fingerprint), and the checkpoint."""
     from ldmpc.agent import Agent
@@ -162,7 +162,7 @@ def load_agent(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     return agent, ckpt
 
 
-def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
+def evaluate_checkpoint(cfg: Config) -> dict[str, float]:
     """`ldmpc eval`: load a checkpoint into a fresh agent and print mean ± std return."""
     from ldmpc.runtime import set_threads
 
@@ -187,7 +187,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     return result
 
 
-def format_task_table(cfg: DictConfig, result: dict[str, float], step: Any) -> str:
+def format_task_table(cfg: Config, result: dict[str, float], step: Any) -> str:
     """`ldmpc eval` of a multitask checkpoint: one row per evaluated task, then the mean."""
     names = [cfg.tasks[t] for t in eval_task_ids(cfg)]
     width = max(len("mean"), *(len(n) for n in names))

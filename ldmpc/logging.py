@@ -13,9 +13,8 @@ import os
 import time
 from typing import Any
 
-from omegaconf import DictConfig
-
 from ldmpc.atomic import atomic_write_bytes
+from ldmpc.config import Config
 
 TRAIN_FIELDS = [
     "step",
@@ -31,7 +30,7 @@ EVAL_FIELDS = ["step", "episode_reward", "episode_reward_std", "episode_success"
 METRIC_KEYS = {"return": "episode_reward", "success": "episode_success", "score": "episode_score"}
 
 
-def eval_fields(cfg: DictConfig) -> list[str]:
+def eval_fields(cfg: Config) -> list[str]:
     """eval.csv columns; multitask runs add the mean score and reward/success/score per task."""
     if not cfg.multitask:
         return EVAL_FIELDS
@@ -39,7 +38,7 @@ def eval_fields(cfg: DictConfig) -> list[str]:
     return [*EVAL_FIELDS, "episode_score", *per_task]
 
 
-def train_fields(cfg: DictConfig) -> list[str]:
+def train_fields(cfg: Config) -> list[str]:
     """train.csv columns; multitask runs say which task each episode played."""
     return [*TRAIN_FIELDS, "task"] if cfg.multitask else TRAIN_FIELDS
 
@@ -127,7 +126,7 @@ def plot_curve(eval_rows: list[dict[str, str]], path: str, title: str, metric: s
 class RunLogger:
     """Everything a run prints or writes about its progress."""
 
-    def __init__(self, cfg: DictConfig, start_step: int = 0, resumed: bool = False) -> None:
+    def __init__(self, cfg: Config, start_step: int = 0, resumed: bool = False) -> None:
         self.cfg = cfg
         os.makedirs(cfg.run_dir, exist_ok=True)
         self.train_csv = CsvLog(os.path.join(cfg.run_dir, "train.csv"), train_fields(cfg))
@@ -219,7 +218,7 @@ class RunLogger:
             self._wandb.finish()
 
 
-def _init_wandb(cfg: DictConfig) -> Any:
+def _init_wandb(cfg: Config) -> Any:
     """wandb in offline mode unless WANDB_API_KEY is set; the key itself is never logged."""
     import wandb
 

@@ -11,7 +11,7 @@ optional terminated [H, B, 1] (default zeros: DMC never terminates) and task [B]
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,9 @@ from torch import nn
 
 from ldmpc.math_utils import soft_ce
 from ldmpc.world_model import task_discount
+
+if TYPE_CHECKING:
+    from ldmpc.config import Config
 
 Batch = dict[str, torch.Tensor]
 
@@ -48,7 +51,7 @@ class RunningScale(nn.Module):
         self.value.copy_(value)
 
 
-def _rho_weights(cfg: Any, n: int, like: torch.Tensor) -> torch.Tensor:
+def _rho_weights(cfg: Config, n: int, like: torch.Tensor) -> torch.Tensor:
     """[n] weights rho^t: later (less accurate) rollout steps count less."""
     return cfg.rho ** torch.arange(n, device=like.device, dtype=like.dtype)
 
@@ -59,7 +62,7 @@ def td_target(
     next_z: torch.Tensor,
     reward: torch.Tensor,
     terminated: torch.Tensor,
-    cfg: Any,
+    cfg: Config,
     task: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """r + discount * (1 - terminated) * min of two random target Qs at (z', pi(z'))."""
@@ -69,7 +72,7 @@ def td_target(
 
 
 def world_model_loss(
-    model: Any, batch: Batch, cfg: Any
+    model: Any, batch: Batch, cfg: Config
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """Consistency + reward + value losses over an H-step latent rollout.
 
@@ -131,7 +134,7 @@ def _diffusion_rollout(
     window_action: torch.Tensor,
     window_z: torch.Tensor,
     rho: torch.Tensor,
-    cfg: Any,
+    cfg: Config,
     task: torch.Tensor | None,
     span: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +170,7 @@ def _diffusion_rollout(
 
 
 def proposal_loss(
-    model: Any, z: torch.Tensor, batch: Batch, cfg: Any
+    model: Any, z: torch.Tensor, batch: Batch, cfg: Config
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Denoising loss of the diffusion action proposals on the replayed action sequences,
     conditioned on the detached first latent z [B, L]."""
@@ -176,14 +179,14 @@ def proposal_loss(
     return cfg.proposal_coef * loss, {"proposal_loss": loss.detach()}
 
 
-def _bins(cfg: Any) -> tuple[int, float, float]:
+def _bins(cfg: Config) -> tuple[int, float, float]:
     return cfg.num_bins, cfg.vmin, cfg.vmax
 
 
 def policy_loss(
     model: Any,
     zs: torch.Tensor,
-    cfg: Any,
+    cfg: Config,
     scale: RunningScale,
     task: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
@@ -211,7 +214,7 @@ def policy_loss(
 
 
 def total_loss(
-    model: Any, batch: Batch, cfg: Any, scale: RunningScale
+    model: Any, batch: Batch, cfg: Config, scale: RunningScale
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """World-model loss + policy loss as one scalar for one backward pass.
 

@@ -15,8 +15,7 @@ import os
 import time
 from typing import Any
 
-from omegaconf import DictConfig
-
+from ldmpc.config import Config
 from ldmpc.errors import UserError
 from ldmpc.evaluate import evaluate_at
 from ldmpc.trainer import Trainer
@@ -42,7 +41,7 @@ LOSS_FIELDS = [
 class LossLog:
     """Means of the update metrics over LOG_EVERY updates -> one offline.csv row."""
 
-    def __init__(self, cfg: DictConfig, start: int, t0: float) -> None:
+    def __init__(self, cfg: Config, start: int, t0: float) -> None:
         from ldmpc.logging import CsvLog
 
         self.csv = CsvLog(os.path.join(cfg.run_dir, "offline.csv"), LOSS_FIELDS)
@@ -75,7 +74,7 @@ class LossLog:
 class OfflineTrainer(Trainer):
     """Offline progress: one step is one update on a dataset batch."""
 
-    def __init__(self, cfg: DictConfig) -> None:
+    def __init__(self, cfg: Config) -> None:
         from ldmpc.agent import Agent
         from ldmpc.datasets import load_for_run
         from ldmpc.runtime import resolve_device
@@ -115,7 +114,7 @@ class OfflineTrainer(Trainer):
         return save(self.agent, self.replay, self.dataset, self.cfg, step)
 
 
-def run_offline(cfg: DictConfig) -> dict[str, Any]:
+def run_offline(cfg: Config) -> dict[str, Any]:
     """Train cfg.steps updates on the dataset at cfg.data_dir; returns the final figures."""
     from ldmpc.runtime import set_threads
 
@@ -131,7 +130,7 @@ def run_offline(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def save(agent: Any, replay: Any, dataset: dict[str, Any], cfg: DictConfig, step: int) -> Any:
+def save(agent: Any, replay: Any, dataset: dict[str, Any], cfg: Config, step: int) -> Any:
     """A run checkpoint at `step` updates (None when save_agent=false).
 
     `replay: None` tells an online `resume=true` that there is no replay to restore.
@@ -152,7 +151,7 @@ def save(agent: Any, replay: Any, dataset: dict[str, Any], cfg: DictConfig, step
     )
 
 
-def resume(agent: Any, replay: Any, dataset: dict[str, Any], cfg: DictConfig) -> int:
+def resume(agent: Any, replay: Any, dataset: dict[str, Any], cfg: Config) -> int:
     """Restore the newest checkpoint of the run; returns the update to continue from."""
     from ldmpc.checkpoint import latest_checkpoint, load_checkpoint
     from ldmpc.config import fingerprint

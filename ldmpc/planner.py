@@ -14,12 +14,15 @@ matmuls). Callers that want per-env generators can build the noise env by env an
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ldmpc.math_utils import two_hot_inv
 from ldmpc.world_model import task_discount
+
+if TYPE_CHECKING:
+    from ldmpc.config import Config
 
 
 @dataclass
@@ -70,22 +73,22 @@ class PlanNoise:
         return [getattr(self, f.name) for f in fields(self)]
 
 
-def pool_sizes(cfg: Any) -> tuple[int, int, int]:
+def pool_sizes(cfg: Config) -> tuple[int, int, int]:
     """Candidates per env and iteration: (P policy-prior trajectories, D diffusion proposals,
     G Gaussian samples). MPPI fills `num_samples` with Gaussians; ssr scores P + D only."""
-    proposal = getattr(cfg, "proposal", "policy")
+    proposal = cfg.proposal
     P = cfg.num_pi_trajs if proposal != "diffusion" else 0
     D = cfg.num_diffusion_proposals if proposal in ("diffusion", "both") else 0
-    G = cfg.num_samples - P - D if getattr(cfg, "planner", "mppi") == "mppi" else 0
+    G = cfg.num_samples - P - D if cfg.planner == "mppi" else 0
     return P, D, G
 
 
-def plan_iterations(cfg: Any) -> int:
-    return cfg.iterations if getattr(cfg, "planner", "mppi") == "mppi" else 1
+def plan_iterations(cfg: Config) -> int:
+    return cfg.iterations if cfg.planner == "mppi" else 1
 
 
 def sample_noise(
-    cfg: Any, num_envs: int, device: torch.device | str, generator: torch.Generator | None = None
+    cfg: Config, num_envs: int, device: torch.device | str, generator: torch.Generator | None = None
 ) -> PlanNoise:
     """Draw all randomness of one decision for `num_envs` envs from `generator`."""
     E, It, K = num_envs, plan_iterations(cfg), cfg.num_elites
@@ -93,7 +96,7 @@ def sample_noise(
     kw = {"device": device, "generator": generator}
     heads = torch.rand(It, cfg.num_q, **kw).argsort(dim=-1)[:, :2]
     uniform = torch.rand(E, K, **kw).clamp_(1e-20, 1.0 - 1e-7)
-    diffusion = getattr(cfg, "dynamics", "mlp") == "diffusion"
+    diffusion = cfg.dynamics == "diffusion"
     return PlanNoise(
         pi_eps=torch.randn(E, P, H, A, **kw),
         act=torch.randn(It, E, G, H, A, **kw),
@@ -107,7 +110,7 @@ def sample_noise(
     )
 
 
-def model_evals_per_decision(cfg: Any) -> dict[str, int]:
+def model_evals_per_decision(cfg: Config) -> dict[str, int]:
     """Analytic count of world-model rows evaluated per env per decision, by head.
 
     `dynamics` is the headline number a benchmark reports as "model evaluations": latent
@@ -118,15 +121,15 @@ def model_evals_per_decision(cfg: Any) -> dict[str, int]:
     per candidate; `proposal` counts the proposal denoiser's action tokens.
     """
     It, (P, D, G), H = plan_iterations(cfg), pool_sizes(cfg), cfg.horizon
-    heun = getattr(cfg, "diffusion_sampler", "euler") == "heun"
+    heun = cfg.diffusion_sampler == "heun"
     calls = (lambda n: 2 * n - 1) if heun else (lambda n: n)  # denoiser calls of n steps
     per_step = 1
     gen_pi = P * (H - 1)
-    if getattr(cfg, "dynamics", "mlp") == "diffusion":
+    if cfg.dynamics == "diffusion":
         per_step = calls(cfg.diffusion_steps)
         gen_pi = P * (H * (H - 1) // 2)  # autoregressive: prefixes of 1..H-1 tokens
     rolled = (P + D) + It * G  # candidate rollouts per decision
-    tail = H * (H + 1) // 2 if len(getattr(cfg, "plan_scales", [1])) > 1 else 0  # prefixes
+    tail = H * (H + 1) // 2 if len(cfg.plan_scales) > 1 else 0  # prefixes
     return {
         "dynamics": per_step * (gen_pi + (P + D) * H + It * G * H + rolled * tail),
         "reward": (P + D) * H + It * G * H + rolled * (H if tail else 0),
@@ -137,7 +140,7 @@ def model_evals_per_decision(cfg: Any) -> dict[str, int]:
 
 
 def warm_start(
-    prev_mean: torch.Tensor | None, is_first: torch.Tensor, cfg: Any, like: torch.Tensor
+    prev_mean: torch.Tensor | None, is_first: torch.Tensor, cfg: Config, like: torch.Tensor
 ) -> torch.Tensor:
     """Initial MPPI mean [E, H, A]: the previous mean shifted one step (zero-padded), or zeros
     where the episode starts (`is_first`) or no previous mean exists."""
@@ -155,7 +158,7 @@ def rollout(
     model: Any,
     z: torch.Tensor,
     actions: torch.Tensor,
-    cfg: Any,
+    cfg: Config,
     task: torch.Tensor | None = None,
     dyn_noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,21 +167,14 @@ def rollout(
     z [E, 1, L] (each env's latent, broadcast over its N candidates), actions [E, N, H, A];
     dyn_noise [E, 1, H, L]: the pre-drawn noise of diffusion dynamics (unused with mlp).
     """
-    if getattr(model, "diffusion_dynamics", False):
+    if model.diffusion_dynamics:
         return _diffusion_rollout(model, z, actions, cfg, task, dyn_noise)
-    fused = getattr(model, "next_and_reward", None)
-    if fused is None:  # duck-typed models: plain next/reward on explicitly repeated latents
-        z = z.expand(*actions.shape[:2], z.shape[-1])
     G = torch.zeros(1, device=z.device, dtype=z.dtype)
     gamma = task_discount(model, task, cfg)
     discount = 1.0
     for t in range(cfg.horizon):
         a = actions[:, :, t]
-        if fused is not None:
-            z, logits = fused(z, a, task)
-        else:
-            logits = model.reward(z, a, task)
-            z = model.next(z, a, task)
+        z, logits = model.next_and_reward(z, a, task)
         G = G + discount * two_hot_inv(logits, cfg.num_bins, cfg.vmin, cfg.vmax)
         discount = discount * gamma
     return G, z.expand(*actions.shape[:2], z.shape[-1])
@@ -188,7 +184,7 @@ def _diffusion_rollout(
     model: Any,
     z: torch.Tensor,
     actions: torch.Tensor,
-    cfg: Any,
+    cfg: Config,
     task: torch.Tensor | None,
     dyn_noise: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,15 +200,15 @@ def _diffusion_rollout(
     gamma = task_discount(model, task, cfg)  # float, or [E, 1, 1] per task
     discounts = gamma ** torch.arange(H, device=z.device, dtype=z.dtype)
     G = (r.squeeze(-1) * discounts).sum(-1, keepdim=True)
-    if len(getattr(cfg, "plan_scales", [1])) > 1:
+    if len(cfg.plan_scales) > 1:
         return _coarse_tail(model, zs[:, :, -1], G, cfg, task, dyn_noise)
     return G, zs[:, :, -1]
 
 
-def bootstrap_steps(cfg: Any) -> int:
+def bootstrap_steps(cfg: Config) -> int:
     """Agent steps covered before the Q bootstrap: the horizon, plus the coarse tail's
     horizon * s steps when plan_scales = [1, s]."""
-    plan_scales = list(getattr(cfg, "plan_scales", [1]))
+    plan_scales = list(cfg.plan_scales)
     return cfg.horizon * (1 + (plan_scales[1] if len(plan_scales) > 1 else 0))
 
 
@@ -220,7 +216,7 @@ def _coarse_tail(
     model: Any,
     z_head: torch.Tensor,
     ret: torch.Tensor,
-    cfg: Any,
+    cfg: Config,
     task: torch.Tensor | None,
     dyn_noise: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,7 +250,7 @@ def bootstrap(
     z: torch.Tensor,
     term_eps: torch.Tensor,
     heads: torch.Tensor,
-    cfg: Any,
+    cfg: Config,
     task: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """G + discount^T * Q(z_T, pi(z_T)), Q = mean of the two heads in `heads` (TD-MPC2 'avg');
@@ -284,7 +280,7 @@ def _candidate_values(
     sampled: torch.Tensor,
     term_eps: torch.Tensor,
     heads: torch.Tensor,
-    cfg: Any,
+    cfg: Config,
     task: torch.Tensor | None,
     dyn_noise: torch.Tensor,
 ) -> torch.Tensor:
@@ -309,7 +305,7 @@ def policy_trajectories(
     model: Any,
     z: torch.Tensor,
     pi_eps: torch.Tensor,
-    cfg: Any,
+    cfg: Config,
     task: torch.Tensor | None,
     dyn_noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -320,7 +316,7 @@ def policy_trajectories(
     P = pi_eps.shape[1]
     z0 = z.unsqueeze(1).expand(-1, P, -1)
     zp = z0
-    diffusion = getattr(model, "diffusion_dynamics", False)
+    diffusion = model.diffusion_dynamics
     acts = []
     for t in range(cfg.horizon):
         a, _ = model.pi(zp, task, eps=pi_eps[:, :, t])
@@ -334,7 +330,7 @@ def policy_trajectories(
 
 
 def _fixed_candidates(
-    model: Any, z: torch.Tensor, noise: PlanNoise, cfg: Any, task: torch.Tensor | None
+    model: Any, z: torch.Tensor, noise: PlanNoise, cfg: Config, task: torch.Tensor | None
 ) -> torch.Tensor:
     """The candidates that do not depend on the MPPI mean: policy-prior trajectories and
     diffusion proposals, [E, P + D, H, A] (P or D may be 0)."""
@@ -354,7 +350,7 @@ def plan(
     z: torch.Tensor,
     prev_mean: torch.Tensor | None,
     is_first: torch.Tensor,
-    cfg: Any,
+    cfg: Config,
     eval_mode: bool = False,
     noise: PlanNoise | None = None,
     generator: torch.Generator | None = None,
@@ -378,7 +374,7 @@ def plan(
         fixed = fixed * mask
     zs = z.unsqueeze(1)  # [E, 1, L]: broadcast over samples inside the model
     fixed_rollout = rollout(model, zs, fixed, cfg, task_n, noise.dyn)
-    if getattr(cfg, "planner", "mppi") == "ssr":
+    if cfg.planner == "ssr":
         return _rank(model, fixed, fixed_rollout, noise, cfg, eval_mode, task_n, action_mask)
     mean = warm_start(prev_mean, is_first, cfg, z)
     std = torch.full_like(mean, cfg.max_std)
@@ -455,7 +451,7 @@ def _rank(
     candidates: torch.Tensor,
     cand_rollout: tuple[torch.Tensor, torch.Tensor],
     noise: PlanNoise,
-    cfg: Any,
+    cfg: Config,
     eval_mode: bool,
     task: torch.Tensor | None,
     action_mask: torch.Tensor | None,

@@ -38,6 +38,7 @@ from ldmpc.errors import UserError
 if TYPE_CHECKING:
     import torch  # imported on use: replay shard actors never need it (~2 s per start)
 
+    from ldmpc.config import Config
     from ldmpc.replay_snapshot import _SaveState
 
 __all__ = ["Episode", "EpisodeReplay", "RunReplay"]
@@ -116,7 +117,7 @@ class _EpisodeTable:
         return {c: int(self.cols[c][self.head + i]) for c in self.COLS}
 
 
-def replay_args(cfg: Any) -> dict[str, Any]:
+def replay_args(cfg: Config) -> dict[str, Any]:
     """A run's replay, sized and typed by its config: the arguments of `EpisodeReplay` (and of
     the sharded replay, which splits the capacity)."""
     return {
@@ -130,7 +131,7 @@ def replay_args(cfg: Any) -> dict[str, Any]:
     }
 
 
-def replay_dir(cfg: Any) -> str:
+def replay_dir(cfg: Config) -> str:
     """Where a run's replay snapshots live: `<run_dir>/replay` (one folder per shard inside)."""
     return os.path.join(cfg.run_dir, "replay")
 

@@ -13,11 +13,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ldmpc.cadence import Every, eval_cadence
 from ldmpc.checkpoint import GracefulExit
 from ldmpc.logging import RunLogger
+
+if TYPE_CHECKING:
+    from ldmpc.config import Config
 
 
 @dataclass
@@ -34,7 +37,7 @@ class LoopResult:
 class Trainer(ABC):
     """A run's progress: `run()` is the loop; subclasses say how each part is done."""
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.log: RunLogger | None = None
 

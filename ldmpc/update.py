@@ -15,13 +15,16 @@ target Q and scale stay as they were, and the skip is counted (docs/design.md §
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ldmpc.compile import maybe_compile
 from ldmpc.errors import UserError
 from ldmpc.losses import Batch, RunningScale, total_loss
+
+if TYPE_CHECKING:
+    from ldmpc.config import Config
 
 LossOut = tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]
 LossFn = Callable[[Batch], LossOut]  # batch -> (loss, metrics, candidate Q scale)
@@ -39,7 +42,7 @@ def check_nonfinite_streak(streak: float, lr: float, suspects: str) -> None:
         )
 
 
-def build_optimizers(model: Any, cfg: Any) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+def build_optimizers(model: Any, cfg: Config) -> tuple[torch.optim.Adam, torch.optim.Adam]:
     """TD-MPC2's two Adams: the world model (encoder at lr * enc_lr_scale) and the policy.
 
     Group order is part of the checkpoint format: the TD-MPC2 groups first, then the task
@@ -75,7 +78,7 @@ class Update:
         self,
         model: Any,
         scale: RunningScale,
-        cfg: Any,
+        cfg: Config,
         optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer] | None = None,
         loss_fn: LossFn | None = None,
     ) -> None:

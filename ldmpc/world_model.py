@@ -8,7 +8,7 @@ over world-model loss + policy loss trains each part with its own objective (doc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,9 @@ from torch import nn
 from ldmpc.conv_encoder import pixel_encoder
 from ldmpc.math_utils import bounded_log_std, gaussian_logprob, squash, two_hot_inv
 from ldmpc.nets import QEnsemble, SimNorm, mlp, weight_init
+
+if TYPE_CHECKING:
+    from ldmpc.config import Config
 
 RETURN_TYPES = ("min", "avg", "all")
 
@@ -29,7 +32,7 @@ class WorldModel(nn.Module):
     unless `cfg.multitask`.
     """
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Config) -> None:
         super().__init__()
         self.multitask = bool(cfg.multitask)
         L, A = cfg.latent_dim, cfg.action_dim
@@ -43,7 +46,7 @@ class WorldModel(nn.Module):
             self.register_buffer("_action_masks", _action_masks(cfg))
             # derived from the config, not saved: a resumed or PBT-exploited run keeps its own
             self.register_buffer("_discounts", _task_discounts(cfg), persistent=False)
-        self.pixels = getattr(cfg, "obs", "state") == "rgb"
+        self.pixels = cfg.obs == "rgb"
         if self.pixels:  # uint8 frame stacks -> conv net (ldmpc.conv_encoder)
             self._encoder = pixel_encoder(cfg)
         else:
@@ -247,23 +250,22 @@ class WorldModel(nn.Module):
         return q.min(0).values if return_type == "min" else q.mean(0)
 
 
-def _action_masks(cfg: Any) -> torch.Tensor:
-    """[num_tasks, A] masks from `cfg.action_dims` (per-task sizes); all ones when absent."""
-    dims = getattr(cfg, "action_dims", None) or [cfg.action_dim] * len(cfg.tasks)
+def _action_masks(cfg: Config) -> torch.Tensor:
+    """[num_tasks, A] masks from `cfg.action_dims` (per-task sizes)."""
+    dims = cfg.action_dims
     masks = torch.zeros(len(cfg.tasks), cfg.action_dim)
     for i, d in enumerate(dims):
         masks[i, : int(d)] = 1.0
     return masks
 
 
-def task_discount(model: Any, task: torch.Tensor | None, cfg: Any) -> torch.Tensor | float:
+def task_discount(model: Any, task: torch.Tensor | None, cfg: Config) -> torch.Tensor | float:
     """The discount of each item's task ([..., 1], multitask) or cfg.discount (single task);
     shared by the TD target and the planner's returns."""
-    fn = getattr(model, "discount", None)  # duck-typed test models have none
-    return cfg.discount if fn is None else fn(task, cfg.discount)
+    return model.discount(task, cfg.discount)
 
 
-def _task_discounts(cfg: Any) -> torch.Tensor:
-    """[num_tasks] discounts from `cfg.discounts`; cfg.discount for every task when absent."""
-    discounts = getattr(cfg, "discounts", None) or [cfg.discount] * len(cfg.tasks)
+def _task_discounts(cfg: Config) -> torch.Tensor:
+    """[num_tasks] discounts from `cfg.discounts` (one per task, derived from its length)."""
+    discounts = cfg.discounts
     return torch.tensor([float(d) for d in discounts])

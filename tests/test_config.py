@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
-from omegaconf.errors import ReadonlyConfigError
 
 from ldmpc import config
 from ldmpc.errors import UserError
@@ -73,8 +74,10 @@ def test_derive_fills_values_and_freezes() -> None:
     assert cfg.discount == pytest.approx(0.99)  # (100-1)/100
     assert cfg.bin_size == pytest.approx(0.2)
     assert cfg.run_dir.endswith("cartpole-swingup/1/default")
-    with pytest.raises(ReadonlyConfigError):
-        cfg.steps = 3
+    assert isinstance(cfg, config.Config)  # one typed object from here on, read-only
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.steps = 3  # type: ignore[misc]
+    assert config.to_dict(config.Config.from_dict(config.to_dict(cfg))) == config.to_dict(cfg)
 
 
 def test_help_lists_every_settable_key() -> None:

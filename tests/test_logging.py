@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
-from omegaconf import OmegaConf
-
+from ldmpc import config
 from ldmpc.logging import RunLogger
 
 
-def _cfg(tmp_path) -> object:
-    return OmegaConf.create(
-        {
-            "run_dir": str(tmp_path / "run"),
-            "steps": 100,
-            "task": "cartpole-swingup",
-            "progress": False,
-            "enable_wandb": False,
-            "save_csv": True,
-            "metric": "return",
-            "multitask": False,
-        }
-    )
+def _cfg(tmp_path) -> config.Config:
+    """A real run config (cartpole-swingup shapes) whose run directory is under tmp_path."""
+    overrides = [f"work_dir={tmp_path}", "steps=100", "progress=false"]
+    return config.derive(config.parse(overrides), (5,), 1)
 
 
 def test_eval_rows_and_curve_png(tmp_path) -> None:
@@ -65,9 +56,7 @@ def test_elapsed_time_continues_after_resume(tmp_path) -> None:
 
 
 def test_multitask_columns_and_curve(tmp_path) -> None:
-    cfg = OmegaConf.merge(
-        _cfg(tmp_path), {"multitask": True, "metric": "score", "tasks": ["a-b", "c-d"]}
-    )
+    cfg = dataclasses.replace(_cfg(tmp_path), multitask=True, metric="score", tasks=["a-b", "c-d"])
     log = RunLogger(cfg)
     for step in (10, 20):
         log.log_eval(step, {"episode_reward": 1.0, "episode_score": 3.0, "score/a-b": 2.0,

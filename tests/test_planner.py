@@ -101,13 +101,21 @@ def test_model_evals_per_decision() -> None:
 class PointMass:
     """Analytic stand-in for the world model: z' = z + dt * a, reward = -|z' - goal|.
 
-    Duck-types the methods the planner calls; rewards are returned as two-hot logits so that
-    the planner's decoding recovers them. The policy prior is pure noise, so any goal seeking
-    comes from MPPI itself.
+    It has the interface the planner calls on a `WorldModel` (mlp dynamics, one task); rewards
+    are returned as two-hot logits so that the planner's decoding recovers them. The policy
+    prior is pure noise, so any goal seeking comes from MPPI itself.
     """
+
+    diffusion_dynamics = False
 
     def __init__(self, cfg: Any, goal: torch.Tensor, dt: float = 0.1) -> None:
         self.cfg, self.goal, self.dt = cfg, goal, dt
+
+    def discount(self, task: Any, default: float) -> float:
+        return default
+
+    def next_and_reward(self, z: torch.Tensor, a: torch.Tensor, task: Any = None) -> Any:
+        return self.next(z, a, task), self.reward(z, a, task)
 
     def next(self, z: torch.Tensor, a: torch.Tensor, task: Any = None) -> torch.Tensor:
         return z + self.dt * a

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from ldmpc import config
 from ldmpc.world_model import WorldModel
@@ -95,9 +96,15 @@ def test_pi_with_given_eps_is_deterministic_and_eval_mean() -> None:
 
 def test_multitask_embedding_and_action_mask() -> None:
     cfg = make_cfg(obs_dim=5, action_dim=2)
-    mt = OmegaConf.to_container(cfg)
-    mt.update(multitask=True, tasks=["a", "b", "c"], action_dims=[2, 1, 2], task_dim=16)
-    model = WorldModel(OmegaConf.create(mt))
+    mt = dataclasses.replace(
+        cfg,
+        multitask=True,
+        tasks=["a", "b", "c"],
+        action_dims=[2, 1, 2],
+        discounts=[cfg.discount] * 3,
+        task_dim=16,
+    )
+    model = WorldModel(mt)
     task = torch.tensor([0, 1, 2, 1])
     z = model.encode(torch.randn(4, 5), task)
     assert z.shape == (4, cfg.latent_dim)

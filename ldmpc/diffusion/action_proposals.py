@@ -9,7 +9,7 @@ loss, as for the policy prior: proposals imitate the planner, they do not shape 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -18,6 +18,9 @@ from ldmpc.diffusion.denoiser import TransformerDenoiser, denoiser_size
 from ldmpc.diffusion.losses import denoising_loss
 from ldmpc.diffusion.sampler import sample
 from ldmpc.diffusion.schedule import EDMSchedule
+
+if TYPE_CHECKING:
+    from ldmpc.config import Config
 
 ACTION_SIGMA_DATA = 0.5  # RMS of actions in [-1, 1] chosen by a planner (often near the bounds)
 # Proposals must stay diverse: from sigma_max = 80 a few-step sampler lands every draw on the
@@ -30,7 +33,7 @@ ACTION_SIGMA_MAX = 3.0
 class ActionProposals(nn.Module):
     """Non-causal transformer denoiser over H action tokens conditioned on z_0 (+ task)."""
 
-    def __init__(self, cfg: Any, cond_extra: int = 0) -> None:
+    def __init__(self, cfg: Config, cond_extra: int = 0) -> None:
         super().__init__()
         self.schedule = EDMSchedule(
             sigma_data=ACTION_SIGMA_DATA,

@@ -25,7 +25,7 @@ direct 2.0e-4 / 2.9e-4, residual 1.05e-5 / 5.1e-5, MLP 1.35e-5 / 3.5e-5.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -35,6 +35,9 @@ from ldmpc.diffusion.losses import denoising_loss
 from ldmpc.diffusion.sampler import sample
 from ldmpc.diffusion.schedule import EDMSchedule
 from ldmpc.diffusion.tokens import action_tokens
+
+if TYPE_CHECKING:
+    from ldmpc.config import Config
 
 SIMPLEX_SIGMA_DATA = 0.3  # RMS of centred SimNorm latents (groups of 8, typical sharpness)
 # z_t - z_0 RMS: 0.007 / 0.012 / 0.018 at t = 1 / 2 / 3 on cartpole-swingup; set above that to
@@ -51,7 +54,7 @@ def to_simplex(x: torch.Tensor, group: int, eps: float = 1e-6) -> torch.Tensor:
 class DiffusionDynamics(nn.Module):
     """Causal transformer denoiser over H latent tokens, conditioned on z_0 (+ task) and actions."""
 
-    def __init__(self, cfg: Any, cond_extra: int = 0) -> None:
+    def __init__(self, cfg: Config, cond_extra: int = 0) -> None:
         super().__init__()
         L, A, H = cfg.latent_dim, cfg.action_dim, cfg.horizon
         self.group, self.horizon = cfg.simnorm_dim, H
