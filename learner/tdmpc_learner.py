@@ -13,6 +13,8 @@ Where RLlib users look:
   a latent rollout (many calls of the model), the step is skipped as a whole when anything is
   non-finite, and the whole gradient computation is compiled as one function (`compile=true`);
   spread over RLlib's hooks it would be a second implementation of the update.
+- The target Q ensemble is an EMA inside the world model, updated by `Update` after each kept
+  step (not RLlib's TargetNetworkAPI): every loop, RLlib's or not, gets it from the one update.
 - `compute_loss_for_module` gives the TD-MPC2 loss of one module's forward outputs. Under DDP
   (`num_learners >= 2`) the loss is computed inside the wrapped module's `forward_train` (the
   rollout must run inside DDP's forward for its gradient hooks), and read back from here.

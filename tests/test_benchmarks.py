@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from benchmarks.common import KNOWN_SHAPES
@@ -223,3 +225,21 @@ def test_ab_study_variants_are_valid_configs(variant: str, tmp_path) -> None:
 
     cfg = load([*diffusion_ab.run_args("cup-catch", variant, 1, 30_000), f"work_dir={tmp_path}"])
     assert cfg.exp_name == f"{variant}30000"
+
+
+def test_train_speed_rates_the_learning_phase_only(tmp_path) -> None:
+    """Steps/s from the end of the seed phase (1,000 steps) to the last episode, read from the
+    run's own train.csv: the fast random seed phase and Ray's start-up are left out."""
+    from benchmarks.train_speed import MAKE_TRAIN, learning_rate
+
+    csv_path = tmp_path / "train.csv"
+    rows = [(500, 30.0), (1000, 31.0), (1500, 81.0), (2000, 131.0)]
+    csv_path.write_text(
+        "step,episode,elapsed_s\n" + "".join(f"{s},{i},{t}\n" for i, (s, t) in enumerate(rows))
+    )
+    assert learning_rate(csv_path) == pytest.approx(1000 / 100.0)
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    budget = makefile.split("TRAIN_ARGS ?=")[1].split("\nARGS")[0]
+    assert all(
+        arg in budget.split() for arg in MAKE_TRAIN
+    )  # the benchmark runs make train's budget
