@@ -2,12 +2,14 @@
 
 Each variant is the `make train` command (its CPU budget, cartpole-swingup, seed 1) with a few
 keys changed, run as a real `ldmpc train` process for TS_STEPS agent steps. Its rate is taken
-over the learning phase only, from the run's own train.csv: (last step - seed_steps) /
-(elapsed at the last step - elapsed at seed_steps), so Ray's start-up and the cheap random seed
-phase do not flatter or hide anything; an evaluation every `eval_freq` (2,500) steps falls inside
-it, as in a real run. Variants run in alternation, TS_REPEATS times; medians and each variant's
-ratio to the first are printed (docs/design.md §3.4: these VMs are noisy, absolute rates mean
-little). 100k agent steps at a rate r take 100000 / r / 60 minutes.
+over the steady learning phase only, from the run's own train.csv: from the first episode that
+ends after the seed phase and its one-off catch-up of `seed_steps` updates (1% of a 100k run, a
+quarter of a short one) to the last episode, so neither Ray's start-up, the cheap random seed
+phase nor the catch-up burst flatters or hides anything; an evaluation every `eval_freq`
+(2,500) steps falls inside it, as in a real run. Variants run in alternation, TS_REPEATS
+times; medians and each variant's ratio to the first are printed (docs/design.md §3.4: these
+VMs are noisy, absolute rates mean little). 100k agent steps at a rate r take
+100000 / r / 60 minutes.
 
 Knobs: TS_VARIANTS=name[,name] (from VARIANTS), TS_STEPS (default 6000; QUICK=1: 3500),
 TS_REPEATS (default 2; QUICK=1: 1).
@@ -52,10 +54,10 @@ VARIANTS: dict[str, list[str]] = {
 
 
 def learning_rate(train_csv: Path) -> float:
-    """Agent steps/s from the end of the seed phase to the last finished episode."""
+    """Agent steps/s from the first episode ending after the seed phase to the last one."""
     with open(train_csv) as f:
         rows = [(int(r["step"]), float(r["elapsed_s"])) for r in csv.DictReader(f)]
-    start = next((s, t) for s, t in rows if s >= SEED_STEPS)
+    start = next((s, t) for s, t in rows if s > SEED_STEPS)
     end = rows[-1]
     if end[0] <= start[0]:
         raise RuntimeError(f"{train_csv}: no episode finished after the seed phase")

@@ -93,7 +93,7 @@ class Config:
     data_dir: str | None = _f(None, "offline training: dataset directory (see README)")
     # planning
     mpc: bool = _f(True, "plan with MPPI (false: act with the policy prior)")
-    iterations: int = _f(6, "MPPI iterations per decision")
+    iterations: int = _f(6, "MPPI iterations per decision (+2 when action_dim >= 20, as TD-MPC2)")
     num_samples: int = _f(512, "MPPI candidate trajectories per iteration")
     num_elites: int = _f(64, "elite trajectories refitting the sampling distribution")
     num_pi_trajs: int = _f(24, "candidates drawn from the policy prior")
@@ -590,6 +590,8 @@ def _fill_derived(
             f"{cfg.episode_length} of task={cfg.task}: no replay window would fit"
         )
     cfg.action_dim = int(action_dim)
+    if cfg.action_dim >= 20:  # TD-MPC2's heuristic for large (padded) action spaces
+        cfg.iterations += 2
     cfg.discounts = [
         discount_heuristic(n, cfg.discount_denom, cfg.discount_min, cfg.discount_max)
         for n in cfg.episode_lengths

@@ -80,6 +80,14 @@ def test_derive_fills_values_and_freezes() -> None:
     assert config.to_dict(config.Config.from_dict(config.to_dict(cfg))) == config.to_dict(cfg)
 
 
+def test_large_action_spaces_plan_two_more_iterations() -> None:
+    """TD-MPC2 adds 2 MPPI iterations when the (padded) action size is at least 20 (dog,
+    humanoid, MyoSuite hands); smaller ones keep the configured count."""
+    small = config.derive(config.parse(["task=dog-run", "iterations=4"]), (5,), 19)
+    large = config.derive(config.parse(["task=dog-run", "iterations=4"]), (5,), 20)
+    assert (small.iterations, large.iterations) == (4, 6)
+
+
 def test_help_lists_every_settable_key() -> None:
     text = config.help_text()
     for key in config.USER_KEYS:
