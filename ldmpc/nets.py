@@ -147,9 +147,10 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
 
     ATen's CPU bernoulli_ draws one 32-bit number per element on one thread (3 ms for a
     768 x 768 mask here, ~5% of an update); this draws a quarter as many words. The drop
-    probability is quantised to 1/65536.
+    probability is quantised to 1/65536. Under torch.compile (and off the CPU) it is plain
+    F.dropout: the in-place `random_` would break the graph, and inductor fuses its own masks.
     """
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
         return F.dropout(x, p, training=True)
     n = x.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)

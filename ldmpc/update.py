@@ -88,11 +88,10 @@ class Update:
         self._wm_params = [p for g in self.optim.param_groups for p in g["params"]]
         self._pi_params = [p for g in self.pi_optim.param_groups for p in g["params"]]
         self.counters = {"updates": 0, "skipped_updates": 0, "consecutive_skips": 0}
-        self._loss_fn = loss_fn or self._model_loss
-        # The whole gradient computation is one compiled function when it runs on the model
-        # itself; a wrapper's forward (DDP) compiles its own loss call instead.
-        compile_on = bool(cfg.compile) and loss_fn is None
-        self._grads = maybe_compile(self._compute_grads, compile_on, "update")
+        # compile=true: the loss is one graph (forward, and its backward through AOTAutograd;
+        # tests/test_compile.py counts zero graph breaks); zeroing, backward() and the two
+        # foreach clips stay eager. A wrapper's forward (DDP) compiles its own loss call.
+        self._loss_fn = loss_fn or maybe_compile(self._model_loss, bool(cfg.compile), "update")
 
     def _model_loss(self, batch: Batch) -> LossOut:
         return total_loss(self.model, batch, self.cfg, self.scale)
@@ -115,7 +114,7 @@ class Update:
         (host floats, the one sync per update) including `skipped` and the counters."""
         self.model.train()  # explicit: Q dropout is on in updates, whoever calls this
         try:
-            metrics, new_scale = self._grads(batch)
+            metrics, new_scale = self._compute_grads(batch)
         finally:
             self.model.eval()
         names = list(metrics)

@@ -168,7 +168,7 @@ def test_compile_true_falls_back_cleanly_when_the_backend_fails(
         action, state = agent.act(torch.randn(2, 5))
         info = agent.update(make_batch(agent))
     assert action.shape == (2, 2) and info["skipped"] == 0.0
-    assert not agent._plan.active and not agent.learn._grads.active
+    assert not agent._plan.active and not agent.learn._loss_fn.active
     agent.act(torch.randn(2, 5), state)
 
 

@@ -1,0 +1,56 @@
+"""compile=true traces the update's loss and the plan as single graphs: a graph break would
+split them into many small compiled pieces with eager glue between (docs/design.md §3.4)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ldmpc import config
+from ldmpc.agent import Agent
+from ldmpc.planner import plan, sample_noise
+
+BUDGET = ["model_size=1", "batch_size=8", "iterations=2", "num_samples=32", "num_elites=4",
+          "num_pi_trajs=4"]  # fmt: skip
+
+
+def _agent(*overrides: str) -> tuple[config.Config, Agent]:
+    cfg = config.derive(config.parse([*BUDGET, *overrides]), (5,), 2)
+    return cfg, Agent(cfg)
+
+
+def _batch(cfg: config.Config) -> dict[str, torch.Tensor]:
+    H, B = cfg.horizon, cfg.batch_size
+    return {
+        "obs": torch.randn(H + 1, B, 5),
+        "action": torch.rand(H, B, 2) * 2 - 1,
+        "reward": torch.randn(H, B, 1),
+        "terminated": torch.zeros(H, B, 1),
+    }
+
+
+def _breaks(fn, *args) -> list[str]:
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(fn)(*args)
+    return [str(b.reason).splitlines()[0] for b in explained.break_reasons]
+
+
+@pytest.mark.parametrize(
+    "switches", [[], ["dynamics=diffusion", "proposal=both", "num_diffusion_proposals=8"]]
+)
+def test_the_update_loss_is_one_graph(switches: list[str]) -> None:
+    cfg, agent = _agent(*switches)
+    agent.model.train()  # dropout on, as in an update
+    assert _breaks(agent.learn._model_loss, _batch(cfg)) == []
+
+
+@pytest.mark.parametrize(
+    "switches", [[], ["dynamics=diffusion", "proposal=both", "num_diffusion_proposals=8"]]
+)
+def test_the_plan_is_one_graph(switches: list[str]) -> None:
+    cfg, agent = _agent(*switches)
+    z = agent.model.encode(torch.randn(3, 5))
+    noise = sample_noise(cfg, 3, "cpu", agent.generator)
+    first = torch.ones(3, dtype=torch.bool)
+    args = (agent.model, z, None, first, cfg, False, noise, None, None, None)
+    assert _breaks(plan, *args) == []
