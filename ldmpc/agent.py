@@ -17,6 +17,7 @@ from ldmpc.config import Config
 from ldmpc.envs.multitask import split_task_obs
 from ldmpc.losses import Batch, RunningScale
 from ldmpc.planner import plan, sample_noise
+from ldmpc.precision import compute_precision, resolve_precision
 from ldmpc.update import Update
 from ldmpc.world_model import WorldModel
 
@@ -72,19 +73,23 @@ class Agent:
         is_first = is_first.to(self.device)
         if task is not None:
             task = task.to(self.device)
-        z = self.model.encode(obs, task)
-        if not self.cfg.mpc:
-            eps = torch.randn(E, self.cfg.action_dim, device=self.device, generator=self.generator)
-            action, info = self.model.pi(z, task, eps=eps)
-            action = info["mean"] if eval_mode else action
-            return action, state if state is not None else self.initial_state(E)
-        noise = sample_noise(self.cfg, E, self.device, self.generator)
-        prev_mean = state["mean"].to(self.device) if state is not None else None
-        mask = self.model.action_mask(task)
-        action, mean = self._plan(
-            self.model, z, prev_mean, is_first, self.cfg, eval_mode, noise, None, mask, task
-        )
-        return action, {"mean": mean}
+        dtype, _ = resolve_precision(self.cfg.precision, self.device.type)
+        with compute_precision(self.device, dtype):
+            z = self.model.encode(obs, task)
+            if not self.cfg.mpc:
+                eps = torch.randn(
+                    E, self.cfg.action_dim, device=self.device, generator=self.generator
+                )
+                action, info = self.model.pi(z, task, eps=eps)
+                action = info["mean"] if eval_mode else action
+                return action.float(), state if state is not None else self.initial_state(E)
+            noise = sample_noise(self.cfg, E, self.device, self.generator)
+            prev_mean = state["mean"].to(self.device) if state is not None else None
+            mask = self.model.action_mask(task)
+            action, mean = self._plan(
+                self.model, z, prev_mean, is_first, self.cfg, eval_mode, noise, None, mask, task
+            )
+        return action.float(), {"mean": mean.float()}
 
     # ------------------------------------------------------------------ learning
     def update(self, batch: Batch) -> dict[str, float]:

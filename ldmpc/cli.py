@@ -11,8 +11,12 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ldmpc.errors import UserError
+
+if TYPE_CHECKING:
+    from ldmpc.config import Config
 
 COMMANDS = {
     "train": "train an agent: ldmpc train task=cartpole-swingup model_size=1 steps=100000",
@@ -77,10 +81,22 @@ def check_writable(path: str) -> None:
         raise UserError(f"work_dir={path}: {probe} is not a writable directory")
 
 
+def check_precision(cfg: Config) -> None:
+    """`precision=bf16` without bf16 hardware is one line now (not inside a Ray actor later);
+    `auto` says what it chose and why."""
+    from ldmpc.precision import resolve_precision
+    from ldmpc.runtime import resolve_device
+
+    _, why = resolve_precision(cfg.precision, resolve_device(cfg.device).type)
+    if cfg.precision != "fp32":
+        print(f"ldmpc: {why}", flush=True)
+
+
 def cmd_train(args: list[str]) -> int:
     from ldmpc.config import load
 
     cfg = load(args)
+    check_precision(cfg)
     check_writable(cfg.work_dir)
     if cfg.data_dir is not None:  # offline: one process, no Ray
         from ldmpc.offline import run_offline
@@ -101,6 +117,7 @@ def cmd_eval(args: list[str]) -> int:
     from ldmpc.evaluate import evaluate_checkpoint
 
     cfg = load(args)
+    check_precision(cfg)
     if not cfg.checkpoint:
         raise UserError("eval needs checkpoint=<path to a .pt file written by ldmpc train>")
     evaluate_checkpoint(cfg)

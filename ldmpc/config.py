@@ -38,12 +38,14 @@ IMPLEMENTED = {
     "proposal": ("policy", "diffusion", "both"),
     "planner": ("mppi", "ssr"),
     "obs": ("state", "rgb"),
+    "precision": ("fp32", "bf16", "auto"),
 }
 ALLOWED = {
     "dynamics": ("mlp", "diffusion"),
     "proposal": ("policy", "diffusion", "both"),
     "planner": ("mppi", "ssr"),
     "obs": ("state", "rgb"),
+    "precision": ("fp32", "bf16", "auto"),
 }
 
 
@@ -185,6 +187,11 @@ class Config:
     save_video: bool = _f(False, "write an mp4 per eval episode")
     save_agent: bool = _f(True, "write checkpoints")
     compile: bool = _f(False, "torch.compile hot functions (falls back to eager where it fails)")
+    precision: str = _f(
+        "fp32",
+        "matmul precision of updates and planning: fp32 | bf16 | auto (bf16 where this "
+        "machine multiplies bf16 clearly faster); weights and checkpoints stay fp32",
+    )
     seed: int = _f(1, "random seed")
     progress: bool = _f(True, "show a progress bar")
     # derived (filled by derive(); not settable)

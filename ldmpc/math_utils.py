@@ -50,7 +50,9 @@ def two_hot(x: torch.Tensor, num_bins: int, vmin: float, vmax: float) -> torch.T
 
 
 def two_hot_inv(logits: torch.Tensor, num_bins: int, vmin: float, vmax: float) -> torch.Tensor:
-    """Logits [..., num_bins] -> scalar [..., 1]: symexp of the expected bin under the softmax."""
+    """Logits [..., num_bins] -> scalar [..., 1]: symexp of the expected bin under the softmax
+    (in fp32 whatever the logits' precision: ldmpc.precision)."""
+    logits = logits.float()
     probs = F.softmax(logits, dim=-1)
     centers = bin_centers(num_bins, vmin, vmax, logits)
     return symexp((probs * centers).sum(-1, keepdim=True))
@@ -59,9 +61,11 @@ def two_hot_inv(logits: torch.Tensor, num_bins: int, vmin: float, vmax: float) -
 def soft_ce(
     logits: torch.Tensor, target: torch.Tensor, num_bins: int, vmin: float, vmax: float
 ) -> torch.Tensor:
-    """Cross-entropy [..., 1] of logits [..., num_bins] against two-hot(target [..., 1])."""
-    log_probs = F.log_softmax(logits, dim=-1)
-    return -(two_hot(target, num_bins, vmin, vmax) * log_probs).sum(-1, keepdim=True)
+    """Cross-entropy [..., 1] of logits [..., num_bins] against two-hot(target [..., 1]), in
+    fp32 whatever the logits' precision (ldmpc.precision)."""
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    target = two_hot(target.float(), num_bins, vmin, vmax)
+    return -(target * log_probs).sum(-1, keepdim=True)
 
 
 def gaussian_logprob(eps: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:

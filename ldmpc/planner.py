@@ -421,7 +421,7 @@ def _refit(
     softmax scores [E, K], the score-weighted mean [E, H, A] and std around it [E, H, A])."""
     elite_value, elite_idx = torch.topk(value, min(num_elites, value.shape[1]), dim=1)
     elites = actions.gather(1, elite_idx[:, :, None, None].expand(-1, -1, *actions.shape[2:]))
-    score = torch.softmax(temperature * elite_value, dim=1)
+    score = torch.softmax(temperature * elite_value.float(), dim=1)  # fp32 under bf16 too
     w = score[:, :, None, None]
     mean = (w * elites).sum(1)
     return elites, score, mean, (w * (elites - mean.unsqueeze(1)).pow(2)).sum(1).sqrt()

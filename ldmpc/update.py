@@ -22,6 +22,7 @@ import torch
 from ldmpc.compile import maybe_compile
 from ldmpc.errors import UserError
 from ldmpc.losses import Batch, RunningScale, total_loss
+from ldmpc.precision import compute_precision, resolve_precision
 
 if TYPE_CHECKING:
     from ldmpc.config import Config
@@ -100,7 +101,10 @@ class Update:
         """Zero grads, one backward over the total loss, clip each part; no state is mutated."""
         self.optim.zero_grad(set_to_none=True)
         self.pi_optim.zero_grad(set_to_none=True)
-        loss, metrics, new_scale = self._loss_fn(batch)
+        device = batch["obs"].device
+        dtype, _ = resolve_precision(self.cfg.precision, device.type)
+        with compute_precision(device, dtype):  # the forward; backward follows its dtypes
+            loss, metrics, new_scale = self._loss_fn(batch)
         loss.backward()
         clip = self.cfg.grad_clip_norm
         metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self._wm_params, clip, foreach=True)
