@@ -143,13 +143,10 @@ def rllib_config(cfg: Config) -> LdmpcConfig:
             local_gpu_idx=device.index or 0,
         )
         .rl_module(model_config=module_config(cfg))
-        .training(
-            lr=cfg.lr,
-            train_batch_size_per_learner=cfg.batch_size,
-            grad_clip=cfg.grad_clip_norm,
-            grad_clip_by="global_norm",
-        )
-        .framework("torch", torch_skip_nan_gradients=True)  # we skip non-finite steps ourselves
+        # Learning rates, clipping and the non-finite skip are ldmpc.update.Update's (the learner
+        # runs it in _update), so RLlib's grad_clip / torch_skip_nan_gradients are not set.
+        .training(lr=cfg.lr, train_batch_size_per_learner=cfg.batch_size)
+        .framework("torch")
         .fault_tolerance(restart_failed_env_runners=True)
         .debugging(seed=cfg.seed, log_level="WARN")
     )

@@ -71,8 +71,9 @@ class OnlineTrainer(Trainer):
         algo = self.algo
         return algo.can_learn and algo.counters.env_steps >= algo.sample_until
 
-    def do_owed_work(self) -> None:
-        self.algo.train()  # no env step is taken past sample_until: it only pays updates
+    def do_owed_work(self) -> int:
+        self.algo.train()  # no new sample request past sample_until; it pays updates
+        return self.algo.counters.env_steps  # async: requests in flight may still land
 
     def evaluate(self, step: int) -> dict[str, float]:
         return self.evaluator(self.algo, step)

@@ -81,22 +81,28 @@ def check_writable(path: str) -> None:
         raise UserError(f"work_dir={path}: {probe} is not a writable directory")
 
 
-def check_precision(cfg: Config) -> None:
+def check_precision(cfg: Config) -> Config:
     """`precision=bf16` without bf16 hardware is one line now (not inside a Ray actor later);
-    `auto` says what it chose and why."""
+    `auto` is decided once, here, says what it chose and why, and the run's config carries the
+    choice, so every actor computes in the same precision."""
+    import dataclasses
+
+    import torch
+
     from ldmpc.precision import resolve_precision
     from ldmpc.runtime import resolve_device
 
-    _, why = resolve_precision(cfg.precision, resolve_device(cfg.device).type)
-    if cfg.precision != "fp32":
-        print(f"ldmpc: {why}", flush=True)
+    dtype, why = resolve_precision(cfg.precision, resolve_device(cfg.device).type)
+    if cfg.precision == "fp32":
+        return cfg
+    print(f"ldmpc: {why}", flush=True)
+    return dataclasses.replace(cfg, precision="bf16" if dtype == torch.bfloat16 else "fp32")
 
 
 def cmd_train(args: list[str]) -> int:
     from ldmpc.config import load
 
-    cfg = load(args)
-    check_precision(cfg)
+    cfg = check_precision(load(args))
     check_writable(cfg.work_dir)
     if cfg.data_dir is not None:  # offline: one process, no Ray
         from ldmpc.offline import run_offline
@@ -116,8 +122,7 @@ def cmd_eval(args: list[str]) -> int:
     from ldmpc.config import load
     from ldmpc.evaluate import evaluate_checkpoint
 
-    cfg = load(args)
-    check_precision(cfg)
+    cfg = check_precision(load(args))
     if not cfg.checkpoint:
         raise UserError("eval needs checkpoint=<path to a .pt file written by ldmpc train>")
     evaluate_checkpoint(cfg)

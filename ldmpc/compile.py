@@ -45,6 +45,17 @@ class CompiledFn:
         """True while the compiled version is in use (False after falling back)."""
         return self.compiled is not None
 
+    def fall_back(self, err: BaseException) -> None:
+        """Run eagerly from now on, with one warning naming the failure."""
+        self.compiled = None
+        first_line = (str(err).strip().splitlines() or [""])[0][:200]
+        warnings.warn(
+            f"torch.compile of '{self.name}' failed ({type(err).__name__}: {first_line}); "
+            "running it eagerly from now on",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.compiled is None:
             return self.fn(*args, **kwargs)
@@ -53,14 +64,7 @@ class CompiledFn:
         except Exception as err:
             if self.ok_once and not isinstance(err, _CompilerError):
                 raise
-            self.compiled = None
-            first_line = (str(err).strip().splitlines() or [""])[0][:200]
-            warnings.warn(
-                f"torch.compile of '{self.name}' failed ({type(err).__name__}: {first_line}); "
-                "running it eagerly from now on",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            self.fall_back(err)
             return self.fn(*args, **kwargs)
         self.ok_once = True
         return out

@@ -157,7 +157,7 @@ def load_agent(cfg: Config) -> tuple[Any, dict[str, Any]]:
     ckpt = load_checkpoint(
         cfg.checkpoint, expected_fingerprint=fingerprint(cfg), map_location=device
     )
-    agent = Agent(cfg, device)
+    agent = Agent(cfg, device, learn=False)  # evaluation builds no optimizers
     agent.load_state_dict(ckpt["payload"]["agent"])
     return agent, ckpt
 

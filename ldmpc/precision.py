@@ -4,12 +4,16 @@ bf16 runs the matmuls and activations in bfloat16 through `torch.autocast`; the 
 gradients, the optimizer state, the target-Q EMA and checkpoints stay fp32, so a checkpoint
 resumes under either setting. Where numerics need it the code reads fp32 explicitly: two-hot
 decoding and cross-entropy (`ldmpc.math_utils`), the softmax over MPPI's elites, the Q-scale
-percentiles. Measured on a 2-core AVX512-BF16 CPU at the `make train` budget, with compile=true:
-an update 1.53x faster than fp32, a decision unchanged (docs/results.md).
+percentiles. Measured on a 2-core AVX512-BF16 CPU at the `make train` budget, one thread: an
+update 36.6 ms with compile=true + bf16, 47.6 ms compile=true fp32, 56.1 ms eager fp32; a
+decision unchanged by bf16 (docs/results.md). Without compile bf16 gains little (1.1x update)
+and slows planning: the casts and unfused small ops eat the faster matmuls.
 
 `auto` picks bf16 only where this machine multiplies bf16 matrices clearly faster than fp32
 (a CUDA device with bf16 support; a CPU with AVX512-BF16 or AMX whose measured bf16 matmul at a
-model shape is at least `AUTO_MIN_SPEEDUP` faster) and says why in one line.
+model shape is at least `AUTO_MIN_SPEEDUP` faster) and says why in one line. The command line
+decides it once (`ldmpc.cli.check_precision`) and the run's config carries the choice to every
+actor.
 """
 
 from __future__ import annotations

@@ -68,9 +68,9 @@ class Trainer(ABC):
         updates owed for the steps taken, as TD-MPC2 pays them before it evaluates)."""
         return False
 
-    def do_owed_work(self) -> None:
-        """One unit of the owed work."""
-        return None  # optional hook
+    def do_owed_work(self) -> int:
+        """One unit of the owed work; the step reached (samples may still arrive meanwhile)."""
+        raise NotImplementedError("a Trainer that owes work says how to do it")
 
     def evaluated(self, step: int, result: dict[str, float]) -> None:
         """After each evaluation is logged (Ray Tune reports from here)."""
@@ -93,7 +93,7 @@ class Trainer(ABC):
             with GracefulExit() as stop:
                 while True:
                     if not stop.requested and self.owes_work():
-                        self.do_owed_work()
+                        step = self.do_owed_work()
                         continue
                     if not stop.requested and evals.due(step):
                         last_eval = self.evaluate(step)

@@ -18,8 +18,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 
-from ldmpc.compile import maybe_compile
+from ldmpc.compile import CompiledFn, maybe_compile
 from ldmpc.errors import UserError
 from ldmpc.losses import Batch, RunningScale, total_loss
 from ldmpc.precision import compute_precision, resolve_precision
@@ -93,6 +94,7 @@ class Update:
         # tests/test_compile.py counts zero graph breaks); zeroing, backward() and the two
         # foreach clips stay eager. A wrapper's forward (DDP) compiles its own loss call.
         self._loss_fn = loss_fn or maybe_compile(self._model_loss, bool(cfg.compile), "update")
+        self._backward_ok = False  # a backward has run (compiled, when compile=true)
 
     def _model_loss(self, batch: Batch) -> LossOut:
         return total_loss(self.model, batch, self.cfg, self.scale)
@@ -105,7 +107,17 @@ class Update:
         dtype, _ = resolve_precision(self.cfg.precision, device.type)
         with compute_precision(device, dtype):  # the forward; backward follows its dtypes
             loss, metrics, new_scale = self._loss_fn(batch)
-        loss.backward()
+        try:
+            loss.backward()
+        except Exception as err:
+            # AOTAutograd compiles the backward lazily, at its first call: a compiler failure
+            # there surfaces here, outside CompiledFn's own fallback. Run eagerly from now on.
+            compiled = self._loss_fn
+            if not isinstance(compiled, CompiledFn) or not compiled.active or self._backward_ok:
+                raise
+            compiled.fall_back(err)
+            return self._compute_grads(batch)
+        self._backward_ok = True
         clip = self.cfg.grad_clip_norm
         metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self._wm_params, clip, foreach=True)
         metrics["pi_grad_norm"] = torch.nn.utils.clip_grad_norm_(
@@ -123,8 +135,11 @@ class Update:
             self.model.eval()
         names = list(metrics)
         values = torch.stack([metrics[n].float().reshape(()) for n in names])
-        finite = torch.isfinite(values).all() & torch.isfinite(new_scale).all()
-        host = torch.cat([finite.float().reshape(1), values]).tolist()
+        finite = (torch.isfinite(values).all() & torch.isfinite(new_scale).all()).float()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # DDP: every rank must step or skip together, or the replicas drift apart
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        host = torch.cat([finite.reshape(1), values]).tolist()
         info = dict(zip(names, host[1:]))
         if host[0] == 1.0:
             self.optim.step()

@@ -11,8 +11,9 @@ Where RLlib users look:
   This departs from RLlib's split of the update into `compute_loss_for_module` /
   `compute_gradients` / `postprocess_gradients` / `apply_gradients` on purpose: TD-MPC2's loss is
   a latent rollout (many calls of the model), the step is skipped as a whole when anything is
-  non-finite, and the whole gradient computation is compiled as one function (`compile=true`);
-  spread over RLlib's hooks it would be a second implementation of the update.
+  non-finite (under DDP on all ranks together), and with `compile=true` the loss with its
+  backward is one compiled graph; spread over RLlib's hooks it would be a second implementation
+  of the update. RLlib's own grad_clip / torch_skip_nan_gradients are therefore not used.
 - The target Q ensemble is an EMA inside the world model, updated by `Update` after each kept
   step (not RLlib's TargetNetworkAPI): every loop, RLlib's or not, gets it from the one update.
 - `compute_loss_for_module` gives the TD-MPC2 loss of one module's forward outputs. Under DDP

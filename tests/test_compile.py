@@ -54,3 +54,22 @@ def test_the_plan_is_one_graph(switches: list[str]) -> None:
     first = torch.ones(3, dtype=torch.bool)
     args = (agent.model, z, None, first, cfg, False, noise, None, None, None)
     assert _breaks(plan, *args) == []
+
+
+def test_a_backward_that_fails_to_compile_falls_back_to_eager(monkeypatch) -> None:
+    """AOTAutograd compiles the backward lazily, at the first loss.backward(): a compiler
+    failure there must end in one warning and eager updates, as a forward failure does."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    def failing_backward(gm, example_inputs):
+        raise RuntimeError("backward compiler exploded")
+
+    backend = aot_autograd(fw_compiler=lambda gm, example_inputs: gm, bw_compiler=failing_backward)
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=backend))
+    torch._dynamo.reset()
+    cfg, agent = _agent("compile=true")
+    with pytest.warns(RuntimeWarning, match="backward compiler exploded"):
+        info = agent.update(_batch(cfg))
+    assert info["skipped"] == 0.0 and not agent.learn._loss_fn.active
+    assert agent.update(_batch(cfg))["skipped"] == 0.0

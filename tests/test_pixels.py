@@ -275,11 +275,11 @@ def test_fingerprint_has_the_conv_width_for_rgb_only() -> None:
 
 
 def test_multitask_rgb_is_refused() -> None:
-    from types import SimpleNamespace
+    import dataclasses
 
     from ldmpc.conv_encoder import pixel_encoder
 
-    cfg = SimpleNamespace(multitask=True, obs_shape=list(RGB_SHAPE))
+    cfg = dataclasses.replace(_rgb_cfg(), multitask=True, tasks=["walker-walk", "walker-run"])
     with pytest.raises(ValueError, match="single tasks only"):
         pixel_encoder(cfg)
 
