@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from benchmarks.common import append_rows, interleaved_ms, make_agent, quick, table
+from benchmarks.common import append_rows, interleaved_ms, make_agent, quick, run_as_script, table
 from benchmarks.learning import make_train_planning, run_dir, target_steps
 
 
@@ -65,4 +65,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

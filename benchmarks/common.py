@@ -20,6 +20,15 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def run_as_script(main: Callable[[], Any]) -> None:
+    """`python -m benchmarks.<name>`: the process-start setup `python -m benchmarks` does (the
+    GL backend, before anything imports dm_control), then the benchmark."""
+    from ldmpc.mujoco_gl import configure_mujoco_gl
+
+    configure_mujoco_gl()
+    main()
+
+
 def quick() -> bool:
     return os.environ.get("QUICK", "") not in ("", "0")
 

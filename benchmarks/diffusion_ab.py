@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, append_rows, env_int, env_list, quick, table
+from benchmarks.common import RESULTS, append_rows, env_int, env_list, quick, run_as_script, table
 from benchmarks.learning import make_train_budget
 from ldmpc.atomic import atomic_write_bytes
 
@@ -375,4 +375,4 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import append_rows, interleaved_ms, quick, table
+from benchmarks.common import append_rows, interleaved_ms, quick, run_as_script, table
 
 TASKS = {  # suite -> its task here
     "dmcontrol": "cartpole-swingup",
@@ -108,4 +108,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 
-from benchmarks.common import append_rows, quick, ratio_rows, table
+from benchmarks.common import append_rows, quick, ratio_rows, run_as_script, table
 from benchmarks.topology import BASE, cores
 
 TOPOLOGIES = {"local": 0, "1 learner": 1, "2 learners": 2}
@@ -68,4 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

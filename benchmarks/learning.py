@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.common import RESULTS, append_rows, env_int, quick, table
+from benchmarks.common import RESULTS, append_rows, env_int, quick, run_as_script, table
 
 MAKEFILE = Path(__file__).resolve().parents[1] / "Makefile"
 
@@ -88,4 +88,4 @@ def _eval_rows(path: Path) -> list[dict[str, str]]:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

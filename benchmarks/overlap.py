@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import statistics
 
-from benchmarks.common import append_rows, quick, table
+from benchmarks.common import append_rows, quick, run_as_script, table
 from benchmarks.topology import cores, measure
 
 MODES = {
@@ -53,4 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

@@ -37,6 +37,7 @@ from benchmarks.common import (
     interleaved_ms,
     quick,
     random_obs,
+    run_as_script,
     sync,
     table,
 )
@@ -137,4 +138,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

@@ -20,6 +20,7 @@ from benchmarks.common import (
     make_agent,
     quick,
     random_obs,
+    run_as_script,
     sync,
     table,
 )
@@ -75,4 +76,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

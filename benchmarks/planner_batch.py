@@ -15,6 +15,7 @@ from benchmarks.common import (
     make_agent,
     quick,
     random_obs,
+    run_as_script,
     sync,
     table,
 )
@@ -69,4 +70,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

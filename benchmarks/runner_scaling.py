@@ -10,7 +10,7 @@ reported.
 
 from __future__ import annotations
 
-from benchmarks.common import append_rows, quick, ratio_rows, table
+from benchmarks.common import append_rows, quick, ratio_rows, run_as_script, table
 from benchmarks.topology import cores, measure
 
 TOPOLOGIES = {"1x1": (1, 1), "1x8": (1, 8), "2x8": (2, 8)}
@@ -34,4 +34,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

@@ -21,6 +21,7 @@ from benchmarks.common import (
     make_agent,
     quick,
     replay_batch,
+    run_as_script,
     sync,
     table,
 )
@@ -70,4 +71,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

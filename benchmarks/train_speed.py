@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import append_rows, env_int, env_list, quick, table
+from benchmarks.common import append_rows, env_int, env_list, quick, run_as_script, table
 
 # The Makefile's `make train` budget (TRAIN_ARGS) without `steps`.
 MAKE_TRAIN = [
@@ -113,4 +113,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

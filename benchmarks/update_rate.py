@@ -14,6 +14,7 @@ from benchmarks.common import (
     make_agent,
     quick,
     replay_batch,
+    run_as_script,
     sync,
     table,
 )
@@ -61,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)
