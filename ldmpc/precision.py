@@ -27,7 +27,6 @@ import torch
 
 from ldmpc.errors import UserError
 
-PRECISIONS = ("fp32", "bf16", "auto")
 AUTO_MIN_SPEEDUP = 2.0
 _PROBE_SHAPE = (256, 384, 384)  # a size-1 layer over a batch-64, horizon-3 rollout
 
