@@ -3,17 +3,19 @@
 `run_training(cfg)` starts (or joins) Ray, builds `LdmpcAlgorithm`, and runs `OnlineTrainer`:
 a step is an env step; each `advance` is one `Algorithm.train()` call (sample, learn, sync for
 about half a second), and the updates owed for the steps taken are paid before an evaluation,
-a checkpoint or the end, as TD-MPC2 does. Evaluation runs in the driver on the learner's weights.
+a checkpoint or the end, as TD-MPC2 does. Evaluation takes a snapshot of the learner's acting
+weights and runs beside training (`actors.evaluator`, eval_parallel=true) or in the driver.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict
 from typing import Any
 
 from actors.algorithm import Counters, LdmpcAlgorithm, build_algorithm
+from actors.evaluator import EvalResult, acting_state, make_evaluator
 from actors.ray_init import init_ray
 from ldmpc.config import Config
 from ldmpc.errors import UserError
@@ -38,9 +40,11 @@ def run_training(cfg: Config, on_eval: EvalHook | None = None) -> dict[str, Any]
     set_threads(cfg.torch_threads)
     started_ray = init_ray(cfg)
     algo = build_algorithm(cfg)
+    trainer = OnlineTrainer(algo, cfg, on_eval)
     try:
-        out = OnlineTrainer(algo, cfg, on_eval).run()
+        out = trainer.run()
     finally:
+        trainer.close()
         algo.stop()
         if started_ray:
             ray.shutdown()
@@ -61,11 +65,17 @@ class OnlineTrainer(Trainer):
         self.on_eval = on_eval
 
     def resume(self) -> int:
-        return resume(self.algo, self.cfg)
+        step, self.owed_evals = resume(self.algo, self.cfg)
+        return step
 
     def started(self, start: int) -> None:
-        self.evaluator = Evaluator(self.cfg)  # after resume, as always: same global RNG draws
+        self.evaluator = make_evaluator(self.cfg)
         self.rate = Rate(start, self.algo.counters.updates)
+        for step, state in sorted(getattr(self, "owed_evals", {}).items()):
+            if self.log.missing_eval_at(step):  # stopped while it ran beside training
+                result = self.evaluator.submit(step, state)
+                if result is not None:
+                    self.log.log_eval(step, result)
 
     def owes_work(self) -> bool:
         algo = self.algo
@@ -75,8 +85,14 @@ class OnlineTrainer(Trainer):
         self.algo.train()  # no new sample request past sample_until; it pays updates
         return self.algo.counters.env_steps  # async: requests in flight may still land
 
-    def evaluate(self, step: int) -> dict[str, float]:
-        return self.evaluator(self.algo, step)
+    def evaluate(self, step: int) -> EvalResult | None:
+        return self.evaluator.submit(step, acting_state(self.algo.agent_weights()))
+
+    def landed_evals(self, timeout_s: float) -> list[tuple[int, EvalResult]]:
+        return self.evaluator.landed(timeout_s)
+
+    def evals_in_flight(self) -> Collection[int]:
+        return self.evaluator.unfinished().keys()
 
     def evaluated(self, step: int, result: dict[str, float]) -> None:
         if self.on_eval is not None:
@@ -94,8 +110,13 @@ class OnlineTrainer(Trainer):
     def finish(self, step: int) -> None:
         self.algo.store_open_episodes()
 
+    def close(self) -> None:
+        """Stop the evaluation actor (a joined cluster would keep it)."""
+        if hasattr(self, "evaluator"):
+            self.evaluator.close()
+
     def save(self, step: int) -> Any:
-        return save(self.algo, self.cfg)
+        return save(self.algo, self.cfg, owed_evals=self.evaluator.unfinished())
 
 
 class Rate:
@@ -129,46 +150,29 @@ def _log_episodes(algo: LdmpcAlgorithm, log: Any, rate: Rate) -> None:
         )
 
 
-class Evaluator:
-    """A driver-side agent that gets the learner's weights before each evaluation.
-
-    Works the same whether the learner is in this process or a remote actor.
-    """
-
-    def __init__(self, cfg: Config) -> None:
-        from ldmpc.agent import Agent
-        from ldmpc.runtime import resolve_device
-
-        self.cfg = cfg
-        self.agent = Agent(cfg, resolve_device(cfg.device), learn=False)
-
-    def __call__(self, algo: LdmpcAlgorithm, step: int) -> dict[str, float]:
-        from ldmpc.evaluate import evaluate_at
-
-        self.agent.load_state_dict(algo.agent_weights())
-        return evaluate_at(self.agent, self.cfg, step)
-
-
-def save(algo: LdmpcAlgorithm, cfg: Config) -> Any:
+def save(algo: LdmpcAlgorithm, cfg: Config, owed_evals: dict[int, Any] | None = None) -> Any:
     """Replay snapshot first, then the checkpoint: a kill in between loses no episode that the
-    checkpoint's counters claim. Returns the checkpoint path (None when save_agent=false)."""
+    checkpoint's counters claim. `owed_evals` (step -> acting weights) are evaluations that were
+    still running beside training; a resumed run evaluates them. Returns the checkpoint path
+    (None when save_agent=false)."""
     from ldmpc.checkpoint import save_run_checkpoint
     from ldmpc.config import fingerprint
 
     if not cfg.save_agent:
         return None
     replay_state = algo.replay.snapshot()
-    state = {**algo.ldmpc_state(), "replay": replay_state}
+    state = {**algo.ldmpc_state(), "replay": replay_state, "owed_evals": owed_evals or {}}
     counters = state.pop("counters")
     return save_run_checkpoint(
         cfg.run_dir, algo.counters.env_steps, state, fingerprint=fingerprint(cfg), counters=counters
     )
 
 
-def resume(algo: LdmpcAlgorithm, cfg: Config) -> int:
+def resume(algo: LdmpcAlgorithm, cfg: Config) -> tuple[int, dict[int, Any]]:
     """Restore weights, optimizers, counters and replay from the run's newest checkpoint.
 
-    Returns the step to continue from (0 when the run has no checkpoint yet).
+    Returns the step to continue from (0 when the run has no checkpoint yet) and the
+    evaluations it owes (step -> acting weights of a snapshot that was still being evaluated).
     """
     from ldmpc.checkpoint import latest_checkpoint, load_checkpoint
     from ldmpc.config import fingerprint
@@ -177,7 +181,7 @@ def resume(algo: LdmpcAlgorithm, cfg: Config) -> int:
     if path is None:
         print(f"resume=true: no checkpoint in {cfg.run_dir} yet, starting from step 0")
         algo.replay.restore(None, cfg.run_dir)
-        return 0
+        return 0, {}
     ckpt = load_checkpoint(path, expected_fingerprint=fingerprint(cfg))
     if ckpt["payload"].get("offline"):
         raise UserError(
@@ -187,5 +191,6 @@ def resume(algo: LdmpcAlgorithm, cfg: Config) -> int:
     algo.replay.restore(ckpt["payload"]["replay"], str(path))
     fields = Counters.__dataclass_fields__
     counters = {k: v for k, v in ckpt["counters"].items() if k in fields}
-    algo.set_ldmpc_state({**ckpt["payload"], "counters": counters})
-    return algo.counters.env_steps
+    payload = ckpt["payload"]
+    algo.set_ldmpc_state({"agent": payload["agent"], "counters": counters})
+    return algo.counters.env_steps, dict(payload.get("owed_evals", {}))

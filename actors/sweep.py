@@ -166,6 +166,9 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], with_checkpoints: 
         "work_dir": tune.get_context().get_trial_dir(),
         "progress": False,
         "resume": checkpoint is not None,
+        # a trial evaluates inside its own CPU share, and PBT's checkpoint must hold the
+        # weights its reported score was measured with
+        "eval_parallel": False,
     }
     cfg = load(overrides)
     if checkpoint is not None:

@@ -30,7 +30,13 @@ class Agent:
     def __init__(self, cfg: Config, device: torch.device | str = "cpu", learn: bool = True) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
-        self.model = WorldModel(self.cfg).to(self.device).eval()
+        # Initial weights come from cfg.seed alone, not from what else this process built
+        # first: a learner, an env runner and an evaluator agree, the run's own random stream
+        # (dropout, policy noise) does not depend on which of them share the process (so an
+        # evaluator may live in the driver or in its own actor with the same results).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.cfg.seed))
+            self.model = WorldModel(self.cfg).to(self.device).eval()
         self.scale = RunningScale(self.cfg.tau).to(self.device)
         self.generator = torch.Generator(self.device).manual_seed(int(self.cfg.seed))
         self._plan = maybe_compile(plan, bool(self.cfg.compile), "plan")

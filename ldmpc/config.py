@@ -69,6 +69,11 @@ class Config:
     checkpoint: str | None = _f(None, "checkpoint file to evaluate or to start from")
     eval_episodes: int = _f(10, "episodes per evaluation (run as one vector env)")
     eval_freq: int = _f(50_000, "agent steps between evaluations (0: never evaluate)")
+    eval_parallel: bool = _f(
+        True,
+        "online CPU runs: evaluate a snapshot of the weights in a Ray actor beside training "
+        "(as RLlib's evaluation_parallel_to_training); false: training waits for it",
+    )
     # training
     steps: int = _f(10_000_000, "total agent (env) steps")
     batch_size: int = _f(256, "sequences per update")

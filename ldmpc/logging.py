@@ -184,8 +184,8 @@ class RunLogger:
         if self.cfg.save_csv:
             self.eval_csv.append(row)
             plot_curve(self.eval_csv.rows(), self.curve_path, self.cfg.task, self.cfg.metric)
-        if self._wandb is not None:
-            self._wandb.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+        if self._wandb is not None:  # its own x-axis: it may land after later train steps
+            self._wandb.log({"eval/step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
         std = metrics.get("episode_reward_std", float("nan"))
         self.write(
             f"eval  step={step:>9,d}  return={metrics.get('episode_reward', math.nan):8.1f}"
@@ -227,7 +227,7 @@ def _init_wandb(cfg: Config) -> Any:
     if not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")
     run_id = f"{cfg.task}-{cfg.seed}-{cfg.exp_name}".replace("/", "_")
-    return wandb.init(
+    run = wandb.init(
         project=cfg.wandb_project,
         entity=cfg.wandb_entity,
         config=to_dict(cfg),
@@ -236,3 +236,7 @@ def _init_wandb(cfg: Config) -> Any:
         name=run_id,
         resume="allow",
     )
+    # an evaluation beside training lands after later train steps: plot it against its own step
+    run.define_metric("eval/step")
+    run.define_metric("eval/*", step_metric="eval/step")
+    return run

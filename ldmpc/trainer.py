@@ -11,6 +11,7 @@ and a stop writes the last checkpoint and says how to continue, the same way in 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING
 from ldmpc.cadence import Every, eval_cadence
 from ldmpc.checkpoint import GracefulExit
 from ldmpc.logging import RunLogger
+
+EVAL_POLL_S = 0.5  # how long one wait for a landing evaluation lasts (a signal is seen between)
 
 if TYPE_CHECKING:
     from ldmpc.config import Config
@@ -47,8 +50,9 @@ class Trainer(ABC):
         """Restore the run's newest checkpoint; the step to continue from (0 without one)."""
 
     @abstractmethod
-    def evaluate(self, step: int) -> dict[str, float]:
-        """Evaluate the current agent (TD-MPC2's protocol) at `step`."""
+    def evaluate(self, step: int) -> dict[str, float] | None:
+        """Evaluate the current agent (TD-MPC2's protocol) at `step`: the result, or None when
+        the evaluation runs beside training and lands later (`landed_evals`)."""
 
     @abstractmethod
     def advance(self, until: int) -> int:
@@ -72,6 +76,15 @@ class Trainer(ABC):
         """One unit of the owed work; the step reached (samples may still arrive meanwhile)."""
         raise NotImplementedError("a Trainer that owes work says how to do it")
 
+    def landed_evals(self, timeout_s: float) -> list[tuple[int, dict[str, float]]]:
+        """Evaluations started beside training that have finished, oldest first (waiting up to
+        timeout_s for one)."""
+        return []  # optional hook: evaluations that return their result at once
+
+    def evals_in_flight(self) -> Collection[int]:
+        """The steps of evaluations started beside training that have not landed yet."""
+        return ()
+
     def evaluated(self, step: int, result: dict[str, float]) -> None:
         """After each evaluation is logged (Ray Tune reports from here)."""
         return None  # optional hook
@@ -85,31 +98,45 @@ class Trainer(ABC):
         cfg = self.cfg
         start = self.resume() if cfg.resume else 0
         log = self.log = RunLogger(cfg, start_step=start, resumed=start > 0)
-        self.started(start)
-        evals = eval_cadence(cfg.eval_freq, start, log.missing_eval_at)
+        self.started(start)  # may restart evaluations a stop left in flight
+        evals = eval_cadence(
+            cfg.eval_freq,
+            start,
+            lambda s: log.missing_eval_at(s) and s not in self.evals_in_flight(),
+        )
         checkpoints = Every(cfg.checkpoint_freq, start, fire_at_start=False)
-        step, last_eval, path = start, None, None
+        step, path = start, None
+        self.last_eval: dict[str, float] | None = None
         try:
             with GracefulExit() as stop:
                 while True:
+                    self._record(self.landed_evals(0.0))
                     if not stop.requested and self.owes_work():
                         step = self.do_owed_work()
                         continue
                     if not stop.requested and evals.due(step):
-                        last_eval = self.evaluate(step)
-                        log.log_eval(step, last_eval)
-                        self.evaluated(step, last_eval)
+                        result = self.evaluate(step)
+                        if result is not None:
+                            self._record([(step, result)])
                     if step >= cfg.steps or stop.requested:
                         break
                     step = self.advance(min(cfg.steps, evals.next_at, checkpoints.next_at))
                     if checkpoints.due(step) and step < cfg.steps:  # the last one: below
                         self.save(step)
+                while self.evals_in_flight() and not stop.requested:  # the last ones, if any
+                    self._record(self.landed_evals(EVAL_POLL_S))
             self.finish(step)
-            path = self.save(step)
+            path = self.save(step)  # evaluations still in flight are owed in it
             if stop.requested:
                 log.write(
                     f"{stop.signal_name}: checkpoint {path} written; continue with resume=true"
                 )
         finally:
             log.close()
-        return LoopResult(step, last_eval, stop.requested, path)
+        return LoopResult(step, self.last_eval, stop.requested, path)
+
+    def _record(self, results: list[tuple[int, dict[str, float]]]) -> None:
+        for step, result in results:
+            self.log.log_eval(step, result)
+            self.evaluated(step, result)
+            self.last_eval = result

@@ -38,6 +38,7 @@ TINY = [
     "eval_freq=100000",
     "checkpoint_freq=0",
     "progress=false",
+    "eval_parallel=false",  # evaluate here, where `short_episodes` cuts the episodes
 ]
 
 
