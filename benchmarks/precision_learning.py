@@ -3,15 +3,16 @@
 Two agents start from the same initial weights (`Agent` seeds them from `seed`) and take the
 same PL_UPDATES updates on the same replay batches (the replays share their seed), one with
 precision=fp32 and compile=false (the reference), one with the fast settings (PL_FAST, default
-`precision=bf16 compile=true`). Then both models' consistency, reward and value losses are
-computed in fp32 on the same held-out batches, drawn from episodes neither trained on. The
-check passes when each fast loss is within PL_TOLERANCE (10 %) of the reference's.
+`precision=bf16 compile=true`); a third fp32 agent from seed 2 (other weights, other batches)
+shows how far two fp32 runs lie apart anyway. Then every model's consistency, reward and value
+losses are computed in fp32 on the same held-out batches, drawn from episodes none trained on.
+The issue's check: each fast loss within 10 % of the reference's.
 
 Data: PL_DATA=<a run's replay folder> (e.g. runs/cartpole-swingup/1/default/replay: what a
 real run saw), else PL_EPISODES episodes of random actions on PL_TASK (the seed phase's data;
 nothing to download). The last fifth of the episodes is held out.
 Knobs: PL_TASK (cartpole-swingup), PL_UPDATES (2000; QUICK=1: 300), PL_EPISODES (20),
-PL_HELDOUT_BATCHES (20), PL_FAST. The model and batch are the `make train` budget's.
+PL_HELDOUT_BATCHES (20), PL_FAST. The model and batch are the `make train` budget's; one thread.
 """
 
 from __future__ import annotations
@@ -28,17 +29,19 @@ from benchmarks.common import append_rows, env_int, quick, run_as_script, table
 BUDGET = ["model_size=1", "batch_size=64", "torch_threads=1", "progress=false"]
 LOSSES = ("consistency_loss", "reward_loss", "value_loss")
 TOLERANCE = 0.10
+DATA_SEED = 1  # the random-action data's seed (the agents' seeds vary)
 
 
 def random_episodes(cfg: Any, episodes: int) -> list[dict[str, np.ndarray]]:
-    """Whole episodes of uniform random actions (the seed phase's data)."""
+    """Whole episodes of uniform random actions (the seed phase's data); the same data for
+    every agent, whatever its seed."""
     from ldmpc.envs import make_env
 
-    env = make_env(cfg.task, cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    env = make_env(cfg.task, DATA_SEED)
+    rng = np.random.default_rng(DATA_SEED)
     out = []
     for i in range(episodes):
-        obs, _ = env.reset(seed=cfg.seed + i)
+        obs, _ = env.reset(seed=DATA_SEED + i)
         ep: dict[str, list[Any]] = {"obs": [obs], "action": [], "reward": [], "terminated": []}
         done = False
         while not done:
@@ -107,7 +110,14 @@ def main() -> None:
     torch.set_num_threads(1)
     updates = max(2, env_int("PL_UPDATES", 300 if quick() else 2000))
     fast = os.environ.get("PL_FAST", "precision=bf16 compile=true").split()
-    variants = {"fp32 eager": ["precision=fp32", "compile=false"], " ".join(fast): fast}
+    reference = ["precision=fp32", "compile=false"]
+    variants = {
+        "fp32 eager": reference,
+        # the same settings from another seed (initial weights, batches): how far two fp32
+        # runs' held-out losses lie apart anyway
+        "fp32 eager, seed 2": [*reference, "seed=2"],
+        " ".join(fast): fast,
+    }
     agents, ms = {}, {}
     for name, overrides in variants.items():
         agents[name], ms[name], source = train(overrides, updates)
@@ -127,9 +137,14 @@ def main() -> None:
         rows.append(row)
     print(f"data: {source}; held-out losses after {updates} updates (fp32 forward, same batches)")
     print(table(rows))
-    worst = max(abs(rows[-1][f"{k}_vs_fp32"] - 1) for k in LOSSES)
-    verdict = "within" if worst <= TOLERANCE else "OUTSIDE"
-    print(f"largest held-out loss difference: {worst:.1%} ({verdict} {TOLERANCE:.0%})")
+    for key in LOSSES:
+        fast_diff = rows[-1][f"{key}_vs_fp32"] - 1
+        seed_diff = rows[1][f"{key}_vs_fp32"] - 1
+        verdict = "within" if abs(fast_diff) <= TOLERANCE else "OUTSIDE"
+        print(
+            f"{key}: {rows[-1]['variant']} {fast_diff:+.1%} vs fp32 ({verdict} "
+            f"{TOLERANCE:.0%}); fp32 from another seed {seed_diff:+.1%}"
+        )
     append_rows("precision_learning", [{**r, "data": source} for r in rows])
 
 

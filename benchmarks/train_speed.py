@@ -11,7 +11,8 @@ times; medians and each variant's ratio to the first are printed (docs/design.md
 VMs are noisy, absolute rates mean little). 100k agent steps at a rate r take
 100000 / r / 60 minutes.
 
-Knobs: TS_VARIANTS=name[,name] (from VARIANTS), TS_STEPS (default 6000; QUICK=1: 3500),
+Knobs: TS_VARIANTS=name[,name] (from VARIANTS; default before,default: the speed work's
+ratio), TS_STEPS (default 6000; QUICK=1: 3500),
 TS_REPEATS (default 2; QUICK=1: 1).
 """
 
@@ -42,14 +43,24 @@ MAKE_TRAIN = [
     "eval_freq=2500",
     "eval_episodes=4",
     "checkpoint_freq=2500",
+    "compile=true",
+    "precision=auto",
 ]
 SEED_STEPS = 1000
 VARIANTS: dict[str, list[str]] = {
-    "default": [],  # what `make train` runs
+    # `make train` before the speed work: fp32, eager, training waits for every evaluation
+    "before": ["compile=false", "precision=fp32"],
+    "default": [],  # what `make train` runs now: compiled, bf16 where the CPU has it
+    "eval_parallel": ["eval_parallel=true"],  # evaluation in an actor beside training
     "threads1": ["torch_threads=1"],  # one process, one torch thread: one core idles
     # acting on a remote runner while the driver learns: one core each
     "async": ["torch_threads=1", "num_env_runners=1", "async_learning=true"],
-    "compile": ["compile=true"],
+    "async_eval_parallel": [
+        "torch_threads=1",
+        "num_env_runners=1",
+        "async_learning=true",
+        "eval_parallel=true",
+    ],
 }
 
 
@@ -79,7 +90,7 @@ def run_variant(name: str, steps: int, work: Path) -> float:
 
 
 def main() -> None:
-    names = env_list("TS_VARIANTS", "default,threads1,async")
+    names = env_list("TS_VARIANTS", "before,default")
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         from ldmpc.errors import UserError

@@ -70,9 +70,10 @@ class Config:
     eval_episodes: int = _f(10, "episodes per evaluation (run as one vector env)")
     eval_freq: int = _f(50_000, "agent steps between evaluations (0: never evaluate)")
     eval_parallel: bool = _f(
-        True,
+        False,
         "online CPU runs: evaluate a snapshot of the weights in a Ray actor beside training "
-        "(as RLlib's evaluation_parallel_to_training); false: training waits for it",
+        "(as RLlib's evaluation_parallel_to_training); pays when a core is spare, e.g. "
+        "torch_threads=1 or async (docs/results.md)",
     )
     # training
     steps: int = _f(10_000_000, "total agent (env) steps")

@@ -33,6 +33,7 @@ TINY = [
     "checkpoint_freq=0",
     "progress=false",
     "torch_threads=1",
+    "eval_parallel=true",
 ]
 
 
