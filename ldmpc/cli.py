@@ -81,6 +81,19 @@ def check_writable(path: str) -> None:
         raise UserError(f"work_dir={path}: {probe} is not a writable directory")
 
 
+def make_run_dir(cfg: Config) -> None:
+    """Create the run directory now: as root `os.access` says yes to nearly everything (even
+    /proc), so only creating it tells; any OSError is one line naming the path and the reason."""
+    check_writable(cfg.work_dir)
+    try:
+        os.makedirs(cfg.run_dir, exist_ok=True)
+    except OSError as err:
+        raise UserError(
+            f"work_dir={cfg.work_dir}: cannot create the run directory {cfg.run_dir}: "
+            f"{err.strerror or err}"
+        ) from None
+
+
 def check_precision(cfg: Config) -> Config:
     """`precision=bf16` without bf16 hardware is one line now (not inside a Ray actor later);
     `auto` is decided once, here, says what it chose and why, and the run's config carries the
@@ -103,7 +116,7 @@ def cmd_train(args: list[str]) -> int:
     from ldmpc.config import load
 
     cfg = check_precision(load(args))
-    check_writable(cfg.work_dir)
+    make_run_dir(cfg)
     if cfg.data_dir is not None:  # offline: one process, no Ray
         from ldmpc.offline import run_offline
 

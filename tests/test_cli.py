@@ -55,6 +55,15 @@ def test_unwritable_work_dir(tmp_path) -> None:
     assert "not a writable directory" in proc.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="as root every access check passes: the case")
+def test_run_dir_that_root_cannot_create_is_one_line() -> None:
+    """/proc passes os.access for root; creating a folder there fails (no traceback, exit 2)."""
+    proc = run_cli("train", "work_dir=/proc/ldmpc-cannot-write", "steps=10")
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot create the run directory" in lines[0], proc.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "env", "needle"),
     [
