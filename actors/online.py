@@ -63,6 +63,7 @@ class OnlineTrainer(Trainer):
         super().__init__(cfg)
         self.algo = algo
         self.on_eval = on_eval
+        self.owed_evals: dict[int, Any] = {}  # step -> acting weights a stop left unevaluated
 
     def resume(self) -> int:
         step, self.owed_evals = resume(self.algo, self.cfg)
@@ -71,11 +72,11 @@ class OnlineTrainer(Trainer):
     def started(self, start: int) -> None:
         self.evaluator = make_evaluator(self.cfg)
         self.rate = Rate(start, self.algo.counters.updates)
-        for step, state in sorted(getattr(self, "owed_evals", {}).items()):
+        for step, state in sorted(self.owed_evals.items()):
             if self.log.missing_eval_at(step):  # stopped while it ran beside training
                 result = self.evaluator.submit(step, state)
                 if result is not None:
-                    self.log.log_eval(step, result)
+                    self._record([(step, result)])
 
     def owes_work(self) -> bool:
         algo = self.algo

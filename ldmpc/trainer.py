@@ -98,6 +98,7 @@ class Trainer(ABC):
         cfg = self.cfg
         start = self.resume() if cfg.resume else 0
         log = self.log = RunLogger(cfg, start_step=start, resumed=start > 0)
+        self.last_eval: dict[str, float] | None = None
         self.started(start)  # may restart evaluations a stop left in flight
         evals = eval_cadence(
             cfg.eval_freq,
@@ -106,7 +107,6 @@ class Trainer(ABC):
         )
         checkpoints = Every(cfg.checkpoint_freq, start, fire_at_start=False)
         step, path = start, None
-        self.last_eval: dict[str, float] | None = None
         try:
             with GracefulExit() as stop:
                 while True:
@@ -136,6 +136,7 @@ class Trainer(ABC):
         return LoopResult(step, self.last_eval, stop.requested, path)
 
     def _record(self, results: list[tuple[int, dict[str, float]]]) -> None:
+        """Log finished evaluations (and run the `evaluated` hook), oldest first."""
         for step, result in results:
             self.log.log_eval(step, result)
             self.evaluated(step, result)
