@@ -55,6 +55,8 @@ VARIANTS: dict[str, list[str]] = {
     "threads1": ["torch_threads=1"],  # one process, one torch thread: one core idles
     # acting on a remote runner while the driver learns: one core each
     "async": ["torch_threads=1", "num_env_runners=1", "async_learning=true"],
+    # the learner spent 16 % of its time handing weights over after every update (py-spy)
+    "async_sync4": ["torch_threads=1", "num_env_runners=1", "async_learning=true", "sync_every=4"],
     "async_eval_parallel": [
         "torch_threads=1",
         "num_env_runners=1",
