@@ -244,3 +244,25 @@ def test_train_speed_rates_the_learning_phase_only(tmp_path) -> None:
     assert all(
         arg in budget.split() for arg in MAKE_TRAIN
     )  # the benchmark runs make train's budget
+
+
+def test_precision_ab_scores_the_late_evals_and_checks_the_seed_spread(tmp_path) -> None:
+    """Synthetic eval.csv files in: per-seed scores over [from, steps], the fp32 mean and
+    whether the fast mean lies inside fp32's seed spread out; an unfinished run has no score."""
+    from benchmarks.precision_ab import run_dir, summary_rows
+
+    returns = {("fp32-eager", 1): 800.0, ("fp32-eager", 2): 700.0, ("bf16-compile", 1): 760.0}
+    for (variant, seed), value in returns.items():
+        path = run_dir(tmp_path, "cartpole-swingup", seed, variant)
+        path.mkdir(parents=True)
+        rows = [(0, 0.0), (1000, 10.0), (2000, value), (3000, value + 20)]
+        path.joinpath("eval.csv").write_text(
+            "step,episode_reward\n" + "".join(f"{s},{r}\n" for s, r in rows)
+        )
+    half = run_dir(tmp_path, "cartpole-swingup", 2, "bf16-compile")  # not at its last eval yet
+    half.mkdir(parents=True)
+    half.joinpath("eval.csv").write_text("step,episode_reward\n0,0\n2000,900\n")
+    ref, fast = summary_rows(tmp_path, ["cartpole-swingup"], [1, 2], 2000, 3000)
+    assert ref["mean"] == pytest.approx(760.0)  # (810 + 710) / 2
+    assert fast["per_seed"] == "770.0 nan" and fast["mean"] == pytest.approx(770.0)
+    assert fast["within_fp32_spread"] == "yes" and fast["vs_fp32"] == pytest.approx(770 / 760)
