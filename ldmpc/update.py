@@ -93,7 +93,9 @@ class Update:
         # compile=true: the loss is one graph (forward, and its backward through AOTAutograd;
         # tests/test_compile.py counts zero graph breaks); zeroing, backward() and the two
         # foreach clips stay eager. A wrapper's forward (DDP) compiles its own loss call.
-        self._loss_fn = loss_fn or maybe_compile(self._model_loss, bool(cfg.compile), "update")
+        self._loss_fn = loss_fn or maybe_compile(
+            self._model_loss, bool(cfg.compile), "update", options={"fallback_random": True}
+        )
         self._backward_ok = False  # a backward has run (compiled, when compile=true)
 
     def _model_loss(self, batch: Batch) -> LossOut:

@@ -122,3 +122,24 @@ def test_mish_without_grad_matches_aten() -> None:
     x = torch.randn(64, 32) * 8
     with torch.no_grad():
         torch.testing.assert_close(mish(x), F.mish(x), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_hashed_dropout_rate_scale_and_fresh_masks(compiled: bool) -> None:
+    """The compiled CPU dropout: drop rate p, kept values scaled by 1/(1-p), a new mask per
+    call, and no correlation between neighbouring elements."""
+    from ldmpc.nets import hashed_dropout
+
+    fn = lambda x: hashed_dropout(x, 0.1)  # noqa: E731
+    if compiled:
+        fn = torch.compile(fn, dynamic=False, options={"fallback_random": True})
+    torch.manual_seed(0)
+    x = torch.ones(400, 500)
+    first, second = fn(x), fn(x)
+    for y in (first, second):
+        dropped = (y == 0).float().flatten()
+        assert abs(dropped.mean().item() - 0.1) < 0.005
+        torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 1 / 0.9))
+        assert abs(torch.corrcoef(torch.stack([dropped[:-1], dropped[1:]]))[0, 1].item()) < 0.02
+    overlap = ((first == 0) & (second == 0)).float().mean().item()
+    assert overlap < 0.02  # independent masks overlap on ~p^2 = 1 %, the same mask on 10 %
