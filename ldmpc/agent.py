@@ -90,7 +90,11 @@ class Agent:
                 action = info["mean"] if eval_mode else action
                 return action.float(), state if state is not None else self.initial_state(E)
             noise = sample_noise(self.cfg, E, self.device, self.generator)
-            prev_mean = state["mean"].to(self.device) if state is not None else None
+            # Without a state every env is first: plan from a zero mean rather than None, so
+            # the compiled plan has one graph per shape, not two (a second trace and inductor
+            # compile cost ~28 s here on a cold cache). Same values: warm_start zeroes it.
+            prev_mean = (state if state is not None else self.initial_state(E))["mean"]
+            prev_mean = prev_mean.to(self.device)
             mask = self.model.action_mask(task)
             action, mean = self._plan(
                 self.model, z, prev_mean, is_first, self.cfg, eval_mode, noise, None, mask, task
