@@ -217,3 +217,36 @@ def test_async_run_survives_sigterm_and_resumes(ray_env: dict[str, str], tmp_pat
     assert steps == sorted(steps) and steps[-1] > stopped  # the curve continues, no restart
     final = load_checkpoint(latest_checkpoint(str(run_dir)))["counters"]
     assert final["env_steps"] >= stopped + 400 and final["updates"] > counters["updates"]
+
+
+@pytest.mark.heavy
+def test_async_weights_reach_the_runner_without_a_copy_per_update(
+    ray_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Async hand-over: nothing is copied into the object store while the runner still loads
+    the last weights (the next round retries), `force` sends anyway, and the runner does act
+    with learned weights."""
+    from actors.algorithm import build_algorithm
+
+    run = [*DISTRIBUTED, f"work_dir={tmp_path}", "steps=100000", "async=true"]
+    run += ["num_env_runners=1", "num_learners=0", "replay_shards=0"]
+    algo = build_algorithm(load(run))
+    copies = []
+    real_weights = algo._module_weights
+    monkeypatch.setattr(algo, "_module_weights", lambda: copies.append(1) or real_weights())
+    try:
+        deadline = time.monotonic() + 300
+        while algo.counters.updates < 300 or algo._acted_version == 0:
+            assert time.monotonic() < deadline, f"no progress: {algo.counters}"
+            algo.train()
+        assert 0 < len(copies) <= algo.counters.updates
+        monkeypatch.setattr(algo, "_runners_busy_loading", lambda: True)
+        copies.clear()
+        synced = algo._synced_version
+        algo._weights_version += 1
+        algo._sync_weights()
+        assert not copies and algo._synced_version == synced  # owed, retried next round
+        algo._sync_weights(force=True)
+        assert copies and algo._synced_version == algo._weights_version
+    finally:
+        algo.stop()
