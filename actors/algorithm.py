@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
@@ -397,6 +398,12 @@ class LdmpcAlgorithm(Algorithm):
             if group.num_remote_workers() <= 0:
                 group.local_env_runner.set_state(state)
                 return
+            # numpy arrays go into the object store as one buffer copy each; torch tensors are
+            # pickled (model_size 1: 5.5 vs 10.2 ms per put). The runner's module converts back.
+            state[COMPONENT_RL_MODULE] = {
+                k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+                for k, v in state[COMPONENT_RL_MODULE].items()
+            }
             group.foreach_env_runner_async_fetch_ready(
                 "set_state", tag=SET_STATE_TAG, kwargs={"state": ray.put(state)}
             )
