@@ -1,4 +1,4 @@
-"""`ldmpc train|eval|tune|tasks|data` with TD-MPC2-style `key=value` overrides.
+"""`ldmpc train|eval|tune|tasks|data|import` with TD-MPC2-style `key=value` overrides.
 
 Every user mistake ends as ONE line on stderr and exit code 2 (`UserError`); anything else is a
 bug and keeps its traceback. `LDMPC_DEBUG=1` shows tracebacks for user errors too.
@@ -24,6 +24,7 @@ COMMANDS = {
     "tune": "run a Ray Tune sweep: ldmpc tune tune_configs/<file>.yaml [key=value ...]",
     "tasks": "list the registered tasks, grouped by suite, and which suites work here",
     "data": "datasets: ldmpc data convert src=<dir|file.pt> dst=<dir|file.pt> [task=...]",
+    "import": "a TD-MPC2 model: ldmpc import tdmpc2 src=<file.pt> dst=<new.pt> task=... [key=...]",
 }
 DATA_USAGE = """usage: ldmpc data convert src=<dir|file.pt> dst=<dir|file.pt> [task=...] [obs=state]
 
@@ -35,6 +36,14 @@ dataset for `ldmpc train data_dir=<dst>`, or write a TD-MPC2 file when dst ends 
          (TD-MPC2's zero padding is cut); default: keep everything as it is
   obs=   state | rgb (with task=)"""
 DATA_KEYS = ("src", "dst", "task", "obs")
+IMPORT_USAGE = """usage: ldmpc import tdmpc2 src=<file.pt> dst=<new.pt> task=<task> [key=value ...]
+
+Convert a model file written by TD-MPC2 (its current layout under any tensordict version, or
+the 2023 layout of its public checkpoints) into an ldmpc checkpoint for `ldmpc eval`.
+task= is a task, or a task set (mt30, mt80) for a multitask model. The model's sizes are read
+from its tensors and printed; they must fit the config (task=, model_size= and any other
+key=value, as for `ldmpc train`). `ldmpc eval checkpoint=<TD-MPC2 file>` reads such a file
+directly."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,8 +70,8 @@ def _build_parser() -> argparse.ArgumentParser:
 def _print_keys(command: str) -> None:
     from ldmpc.config import help_text
 
-    if command == "data":
-        print(DATA_USAGE)
+    if command in ("data", "import"):
+        print(DATA_USAGE if command == "data" else IMPORT_USAGE)
         return
     print(f"usage: ldmpc {command} [key=value ...]\n\n{COMMANDS[command]}\n\nkeys (default):")
     print(help_text())
@@ -179,6 +188,26 @@ def cmd_data(args: list[str]) -> int:
     return 0
 
 
+def cmd_import(args: list[str]) -> int:
+    if not args or args[0] != "tdmpc2":
+        got = f" (got {args[0]!r})" if args else ""
+        raise UserError(
+            f"import needs a source kind{got}: ldmpc import tdmpc2 src=... dst=... task=..."
+        )
+    paths = {k: v for k, _, v in (a.partition("=") for a in args[1:]) if k in ("src", "dst")}
+    missing = [k for k in ("src", "dst") if not paths.get(k)]
+    if missing:
+        raise UserError(f"import tdmpc2 needs {missing[0]}=<path> (see `ldmpc import --help`)")
+    if not any(a.startswith("task=") for a in args[1:]):
+        raise UserError("import tdmpc2 needs task=<task or task set> (the model's task)")
+    from ldmpc.config import load
+    from ldmpc.tdmpc2_models import import_tdmpc2
+
+    overrides = [a for a in args[1:] if a.partition("=")[0] not in ("src", "dst")]
+    print(import_tdmpc2(paths["src"], paths["dst"], load(overrides)))
+    return 0
+
+
 def cmd_tasks(args: list[str]) -> int:
     if args:
         raise UserError(f"`ldmpc tasks` takes no arguments, got: {' '.join(args)}")
@@ -194,6 +223,7 @@ HANDLERS: dict[str, Callable[[list[str]], int]] = {
     "tune": cmd_tune,
     "tasks": cmd_tasks,
     "data": cmd_data,
+    "import": cmd_import,
 }
 
 

@@ -152,12 +152,17 @@ def load_agent(cfg: Config) -> tuple[Any, dict[str, Any]]:
     from ldmpc.checkpoint import load_checkpoint
     from ldmpc.config import fingerprint
     from ldmpc.runtime import resolve_device
+    from ldmpc.tdmpc2_models import load_into, read_tdmpc2_file
 
     device = resolve_device(cfg.device)
+    agent = Agent(cfg, device, learn=False)  # evaluation builds no optimizers
+    tdmpc2 = read_tdmpc2_file(cfg.checkpoint)  # a model file written by TD-MPC2 itself
+    if tdmpc2 is not None:
+        print(f"ldmpc: {load_into(agent.model, tdmpc2, cfg)}", flush=True)
+        return agent, {"counters": {"env_steps": f"? (TD-MPC2 file {cfg.checkpoint})"}}
     ckpt = load_checkpoint(
         cfg.checkpoint, expected_fingerprint=fingerprint(cfg), map_location=device
     )
-    agent = Agent(cfg, device, learn=False)  # evaluation builds no optimizers
     agent.load_state_dict(ckpt["payload"]["agent"])
     return agent, ckpt
 
