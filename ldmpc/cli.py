@@ -1,4 +1,4 @@
-"""`ldmpc train|eval|tune|tasks|data|import` with TD-MPC2-style `key=value` overrides.
+"""`ldmpc train|eval|tune|tasks|data|import|export` with TD-MPC2-style `key=value` overrides.
 
 Every user mistake ends as ONE line on stderr and exit code 2 (`UserError`); anything else is a
 bug and keeps its traceback. `LDMPC_DEBUG=1` shows tracebacks for user errors too.
@@ -25,6 +25,7 @@ COMMANDS = {
     "tasks": "list the registered tasks, grouped by suite, and which suites work here",
     "data": "datasets: ldmpc data convert src=<dir|file.pt> dst=<dir|file.pt> [task=...]",
     "import": "a TD-MPC2 model: ldmpc import tdmpc2 src=<file.pt> dst=<new.pt> task=... [key=...]",
+    "export": "to TD-MPC2: ldmpc export tdmpc2 src=<ckpt.pt> dst=<new.pt> task=... [key=...]",
 }
 DATA_USAGE = """usage: ldmpc data convert src=<dir|file.pt> dst=<dir|file.pt> [task=...] [obs=state]
 
@@ -44,6 +45,12 @@ task= is a task, or a task set (mt30, mt80) for a multitask model. The model's s
 from its tensors and printed; they must fit the config (task=, model_size= and any other
 key=value, as for `ldmpc train`). `ldmpc eval checkpoint=<TD-MPC2 file>` reads such a file
 directly."""
+EXPORT_USAGE = """usage: ldmpc export tdmpc2 src=<ckpt.pt> dst=<new.pt> task=<task> [key=value ...]
+
+Write the world model of an ldmpc checkpoint (dynamics=mlp proposal=policy obs=state) as a
+TD-MPC2 model file in its current layout ({"model": state_dict}), which TD-MPC2's own `load`
+reads. The config (task=, model_size=, ...) must be the checkpoint's."""
+USAGES = {"data": DATA_USAGE, "import": IMPORT_USAGE, "export": EXPORT_USAGE}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,8 +77,8 @@ def _build_parser() -> argparse.ArgumentParser:
 def _print_keys(command: str) -> None:
     from ldmpc.config import help_text
 
-    if command in ("data", "import"):
-        print(DATA_USAGE if command == "data" else IMPORT_USAGE)
+    if command in USAGES:
+        print(USAGES[command])
         return
     print(f"usage: ldmpc {command} [key=value ...]\n\n{COMMANDS[command]}\n\nkeys (default):")
     print(help_text())
@@ -189,22 +196,35 @@ def cmd_data(args: list[str]) -> int:
 
 
 def cmd_import(args: list[str]) -> int:
+    return _tdmpc2_transfer("import", args)
+
+
+def cmd_export(args: list[str]) -> int:
+    return _tdmpc2_transfer("export", args)
+
+
+def _tdmpc2_transfer(command: str, args: list[str]) -> int:
+    """`ldmpc import|export tdmpc2 src=... dst=... task=... [key=value ...]`: the config
+    (task, model_size, ...) says what the model must fit; src/dst are the two files."""
     if not args or args[0] != "tdmpc2":
         got = f" (got {args[0]!r})" if args else ""
         raise UserError(
-            f"import needs a source kind{got}: ldmpc import tdmpc2 src=... dst=... task=..."
+            f"{command} needs a format{got}: ldmpc {command} tdmpc2 src=... dst=... task=..."
         )
     paths = {k: v for k, _, v in (a.partition("=") for a in args[1:]) if k in ("src", "dst")}
     missing = [k for k in ("src", "dst") if not paths.get(k)]
     if missing:
-        raise UserError(f"import tdmpc2 needs {missing[0]}=<path> (see `ldmpc import --help`)")
+        raise UserError(
+            f"{command} tdmpc2 needs {missing[0]}=<path> (see `ldmpc {command} --help`)"
+        )
     if not any(a.startswith("task=") for a in args[1:]):
-        raise UserError("import tdmpc2 needs task=<task or task set> (the model's task)")
+        raise UserError(f"{command} tdmpc2 needs task=<task or task set> (the model's task)")
     from ldmpc.config import load
-    from ldmpc.tdmpc2_models import import_tdmpc2
+    from ldmpc.tdmpc2_models import export_tdmpc2, import_tdmpc2
 
     overrides = [a for a in args[1:] if a.partition("=")[0] not in ("src", "dst")]
-    print(import_tdmpc2(paths["src"], paths["dst"], load(overrides)))
+    transfer = import_tdmpc2 if command == "import" else export_tdmpc2
+    print(transfer(paths["src"], paths["dst"], load(overrides)))
     return 0
 
 
@@ -224,6 +244,7 @@ HANDLERS: dict[str, Callable[[list[str]], int]] = {
     "tasks": cmd_tasks,
     "data": cmd_data,
     "import": cmd_import,
+    "export": cmd_export,
 }
 
 

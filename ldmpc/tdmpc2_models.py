@@ -301,3 +301,63 @@ def load_into(world_model: torch.nn.Module, model: dict[str, torch.Tensor], cfg:
     actions = list(cfg.action_dims) if cfg.multitask else None
     world_model.load_state_dict(to_ldmpc_state(model, actions), strict=True)
     return shapes.describe()
+
+
+def from_ldmpc_state(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
+    """TD-MPC2's current layout of an ldmpc `WorldModel.state_dict()` (the inverse of
+    `to_ldmpc_state`): what TD-MPC2's own `load` takes. TD-MPC2 has no diffusion parts and
+    names its pixel encoder differently, so only state-observation TD-MPC2 models export."""
+    if cfg.dynamics != "mlp" or cfg.proposal != "policy" or cfg.obs != "state":
+        raise UserError(
+            "only a TD-MPC2 model (dynamics=mlp proposal=policy obs=state) can be written in "
+            f"TD-MPC2's layout; this one has dynamics={cfg.dynamics} proposal={cfg.proposal} "
+            f"obs={cfg.obs}"
+        )
+    out: dict[str, torch.Tensor] = {}
+    if cfg.multitask:
+        out["_action_masks"] = state["_action_masks"]
+    for name, value in (
+        ("log_std_min", cfg.log_std_min),
+        ("log_std_dif", cfg.log_std_max - cfg.log_std_min),
+    ):
+        out[name] = torch.tensor(int(value) if float(value).is_integer() else float(value))
+    if cfg.multitask:
+        out["_task_emb.weight"] = state["_task_emb.weight"]
+    for key, value in state.items():
+        if key.startswith("_encoder."):
+            out["_encoder.state." + key[len("_encoder.") :]] = value
+    for net in ("_dynamics", "_reward", "_pi"):
+        out.update({k: v for k, v in state.items() if k.split(".", 1)[0] == net})
+    names = {v: k for k, v in _Q_NAMES.items()}
+    for source, dest in (
+        ("_Qs.", "_Qs.params"),
+        ("_Qs.", "_detach_Qs_params"),
+        ("_target_Qs_", "_target_Qs_params"),
+    ):
+        for key, value in state.items():
+            m = re.fullmatch(re.escape(source) + r"(w|b|g|beta)(\d+)", key)
+            if m:
+                part = names[m.group(1)]
+                tensor = value.transpose(1, 2).contiguous() if part == "weight" else value
+                out[f"{dest}.{m.group(2)}.{part}"] = tensor
+    return out
+
+
+def export_tdmpc2(src: str, dst: str, cfg: Config) -> str:
+    """`ldmpc export tdmpc2`: write an ldmpc checkpoint's world model as a TD-MPC2 model file
+    (`{"model": state_dict}` in its current layout); nothing is written on bad input."""
+    from ldmpc.atomic import atomic_writer
+    from ldmpc.checkpoint import load_checkpoint
+    from ldmpc.config import fingerprint
+
+    target = Path(dst)
+    if target.exists():
+        raise UserError(f"dst={dst} exists: give a new file (nothing was written)")
+    ckpt = load_checkpoint(src, expected_fingerprint=fingerprint(cfg))
+    model = from_ldmpc_state(ckpt["payload"]["agent"]["model"], cfg)
+    try:
+        with atomic_writer(target) as f:
+            torch.save({"model": model}, f)
+    except OSError as e:
+        raise UserError(f"dst={dst}: cannot write it ({e.strerror or e})") from None
+    return f"wrote {target}: {infer_shapes(model).describe()}"

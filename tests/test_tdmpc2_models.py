@@ -186,3 +186,43 @@ def test_import_never_overwrites(tmp_path: Path, capsys: pytest.CaptureFixture[s
         capsys, "import", "tdmpc2", f"src={src}", f"dst={dst}", "task=cartpole-swingup"
     )
     assert code == 2 and "exists" in err and dst.read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize(
+    ("name", "task"),
+    [("tdmpc2_cartpole-swingup_size1_oldformat.pt", "cartpole-swingup"),
+     ("tdmpc2_mt30_size1.pt", "mt30")],
+)  # fmt: skip
+def test_import_then_export_gives_tdmpc2_current_layout_bit_exact(
+    name: str, task: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """import -> export -> import: the exported file has the current fixture's keys, shapes,
+    dtypes and values (the 2023 file holds the same weights), and imports to the same model."""
+    current = FIXTURES / name.replace("_oldformat", "")
+    imported, exported = tmp_path / "ldmpc.pt", tmp_path / "tdmpc2.pt"
+    common = [f"task={task}", "model_size=1"]
+    assert (
+        _cli(capsys, "import", "tdmpc2", f"src={FIXTURES / name}", f"dst={imported}", *common)[0]
+        == 0
+    )
+    code, out, err = _cli(capsys, "export", "tdmpc2", f"src={imported}", f"dst={exported}", *common)
+    assert code == 0 and "wrote" in out and "model_size=1" in out, err
+    ours = torch.load(exported, weights_only=True)["model"]
+    theirs = model_state(torch.load(current, weights_only=True))
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        assert value.dtype == ours[key].dtype and torch.equal(value, ours[key]), key
+    again = tmp_path / "again.pt"
+    assert _cli(capsys, "import", "tdmpc2", f"src={exported}", f"dst={again}", *common)[0] == 0
+    first = torch.load(imported, weights_only=True)["payload"]["agent"]["model"]
+    second = torch.load(again, weights_only=True)["payload"]["agent"]["model"]
+    assert all(torch.equal(v, second[k]) for k, v in first.items())
+
+
+def test_export_refuses_a_diffusion_model(tmp_path: Path) -> None:
+    from ldmpc.config import load
+    from ldmpc.tdmpc2_models import from_ldmpc_state
+
+    cfg = load(["task=cartpole-swingup", "model_size=1", "proposal=both"])
+    with pytest.raises(UserError, match="only a TD-MPC2 model"):
+        from_ldmpc_state({}, cfg)
