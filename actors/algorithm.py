@@ -468,6 +468,20 @@ class LdmpcAlgorithm(Algorithm):
         )
         self._sync_weights(force=True)
 
+    def initialize_weights(self) -> str:
+        """`init_from=`: every learner loads the start weights (the same file, so DDP replicas
+        agree), then the runners get them; returns what was loaded (`ldmpc.init_from`)."""
+        cfg = self.cfg
+
+        def load(learner: Any) -> str:
+            from ldmpc.init_from import load_init_weights
+
+            return load_init_weights(learner.module[DEFAULT_MODULE_ID].unwrapped().model, cfg)
+
+        lines = [r.get() for r in self.learner_group.foreach_learner(load)]
+        self._sync_weights(force=True)
+        return lines[0]
+
     def cleanup(self) -> None:
         if getattr(self, "replay", None) is not None:  # setup may have failed before it
             self.replay.close()

@@ -69,6 +69,9 @@ class OnlineTrainer(Trainer):
         step, self.owed_evals = resume(self.algo, self.cfg)
         return step
 
+    def initialize(self) -> str:
+        return self.algo.initialize_weights()
+
     def started(self, start: int) -> None:
         self.evaluator = make_evaluator(self.cfg)
         self.rate = Rate(start, self.algo.counters.updates)

@@ -66,7 +66,10 @@ class Config:
     task: str = _f("cartpole-swingup", "task (see `ldmpc tasks`) or task set: mt30, mt80, mw10")
     obs: str = _f("state", "observation type: state | rgb (3 stacked 64x64 frames, uint8)")
     # evaluation
-    checkpoint: str | None = _f(None, "checkpoint file to evaluate or to start from")
+    checkpoint: str | None = _f(None, "checkpoint file to evaluate (ldmpc's or TD-MPC2's)")
+    init_from: str | None = _f(
+        None, "train: start the world model from this ldmpc checkpoint or TD-MPC2 model file"
+    )
     eval_episodes: int = _f(10, "episodes per evaluation (run as one vector env)")
     eval_freq: int = _f(50_000, "agent steps between evaluations (0: never evaluate)")
     eval_parallel: bool = _f(

@@ -90,6 +90,11 @@ class OfflineTrainer(Trainer):
         self.step = resume(self.agent, self.replay, self.dataset, self.cfg)
         return self.step
 
+    def initialize(self) -> str:
+        from ldmpc.init_from import load_init_weights
+
+        return load_init_weights(self.agent.model, self.cfg)
+
     def started(self, start: int) -> None:
         self.losses = LossLog(self.cfg, start, self.log.start_time)
 

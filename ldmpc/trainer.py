@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from ldmpc.cadence import Every, eval_cadence
 from ldmpc.checkpoint import GracefulExit
+from ldmpc.errors import UserError
 from ldmpc.logging import RunLogger
 
 EVAL_POLL_S = 0.5  # how long one wait for a landing evaluation lasts (a signal is seen between)
@@ -48,6 +49,11 @@ class Trainer(ABC):
     @abstractmethod
     def resume(self) -> int:
         """Restore the run's newest checkpoint; the step to continue from (0 without one)."""
+
+    def initialize(self) -> str:
+        """`init_from=`: load the start weights into every copy of the model (learners, acting
+        runners); returns the line saying what was loaded (`ldmpc.init_from`)."""
+        raise UserError(f"init_from= is not supported by {type(self).__name__}")
 
     @abstractmethod
     def evaluate(self, step: int) -> dict[str, float] | None:
@@ -97,6 +103,8 @@ class Trainer(ABC):
     def run(self) -> LoopResult:
         cfg = self.cfg
         start = self.resume() if cfg.resume else 0
+        if start == 0 and cfg.init_from:  # a new run (a resumed one has its own weights)
+            print(f"ldmpc: {self.initialize()}", flush=True)
         log = self.log = RunLogger(cfg, start_step=start, resumed=start > 0)
         self.last_eval: dict[str, float] | None = None
         self.started(start)  # may restart evaluations a stop left in flight
