@@ -4,7 +4,7 @@ PYTEST  := .venv/bin/pytest
 RUFF    := .venv/bin/ruff
 # CPU budget for `make train` (docs/design.md §3.4: TD-MPC2's defaults cost ~0.3 s per agent step on
 # this 2-core CPU), compiled, in bf16 where the CPU multiplies bf16 clearly faster (precision=auto;
-# docs/results.md: 1.38x the fp32 eager loop). Every changed key is spelled out here; a GPU run
+# docs/results.md: 1.46x the fp32 eager loop). Every changed key is spelled out here; a GPU run
 # uses the full defaults:
 #   make train TRAIN_ARGS="task=cartpole-swingup device=cuda"
 TRAIN_ARGS ?= task=cartpole-swingup model_size=1 batch_size=64 iterations=2 num_samples=128 \
