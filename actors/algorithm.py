@@ -370,7 +370,8 @@ class LdmpcAlgorithm(Algorithm):
     def _sync_weights(self, force: bool = False) -> None:
         """Send the learner's weights and their version to the env runners that act.
 
-        - Only the driver's runner acts: a local learner hands it its torch state dict
+        - Only the driver's runner acts: with a local learner on its device it plans with the
+          learner's own tensors (`_share_with_local_runner`), else it loads a torch state dict
           directly (1.3 ms instead of 11 ms for RLlib's numpy round trip at model_size 1).
         - Remote runners: one object-store copy for all of them, fire and forget; while a
           runner still loads the previous weights nothing is copied or sent (the next round
@@ -391,6 +392,8 @@ class LdmpcAlgorithm(Algorithm):
                     from_worker_or_learner_group=self.learner_group, inference_only=True
                 )
                 return
+            if group.num_remote_workers() <= 0 and self._share_with_local_runner():
+                return
             state = {
                 COMPONENT_RL_MODULE: self._module_weights(),
                 WEIGHTS_SEQ_NO: self._weights_version,
@@ -407,6 +410,19 @@ class LdmpcAlgorithm(Algorithm):
             group.foreach_env_runner_async_fetch_ready(
                 "set_state", tag=SET_STATE_TAG, kwargs={"state": ray.put(state)}
             )
+
+    def _share_with_local_runner(self) -> bool:
+        """Local learner + the driver's runner acting: the runner plans with the learner's own
+        tensors (no copy per update: 4 % of a `make train` step went to loading a copy, py-spy).
+        True when the runner holds them, with the current version."""
+        runner = self.env_runner_group.local_env_runner
+        module = _first(
+            self.learner_group.foreach_learner(lambda lrn: lrn.module[DEFAULT_MODULE_ID])
+        ).unwrapped()
+        if runner.shares_weights(module):
+            runner.set_weights_version(self._weights_version)
+            return True
+        return runner.share_weights(module, self._weights_version)
 
     def _runners_busy_loading(self) -> bool:
         """True while a runner has not yet taken the last weights sent. RLlib would drop a new

@@ -13,6 +13,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
@@ -97,6 +98,35 @@ class LdmpcEnvRunner(SingleAgentEnvRunner):
             self.env.action_space.seed(base)
         if self.module is not None:
             self.module.agent.generator.manual_seed(base)
+
+    def share_weights(self, source: torch.nn.Module, version: int) -> bool:
+        """Act with `source`'s own tensors (a learner module in this process, on this device)
+        from now on, so later updates need no copy; False when they cannot be shared.
+
+        The learner changes its weights in place (optimizer steps, target EMA, Q scale, resume
+        loads), so the runner sees each update as it lands. The sync loop acts only between
+        updates, so it acts with exactly the weights a copy would have given it. The caller
+        checks `shares_weights` before relying on it (a learner that replaced a tensor would
+        end the sharing)."""
+        own = self.module
+        if own is None or _device(own) != _device(source):
+            return False
+        own.load_state_dict(source.state_dict(), assign=True)
+        self.set_weights_version(version)
+        return True
+
+    def shares_weights(self, source: torch.nn.Module) -> bool:
+        """True while this runner's module holds `source`'s tensors (same storage)."""
+        if self.module is None:
+            return False
+        own = self.module.state_dict()
+        return all(
+            k in own and own[k].data_ptr() == v.data_ptr() for k, v in source.state_dict().items()
+        )
+
+    def set_weights_version(self, version: int) -> None:
+        """The weights version this runner acts with (reported with its episodes)."""
+        self._weights_seq_no = int(version)
 
     def make_module(self) -> None:
         super().make_module()
@@ -196,3 +226,7 @@ def _weights_seq_no(chunk: SingleAgentEpisode) -> int:
     if WEIGHTS_SEQ_NO not in chunk.extra_model_outputs:
         return 0
     return int(np.max(chunk.get_extra_model_outputs(WEIGHTS_SEQ_NO)))
+
+
+def _device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device

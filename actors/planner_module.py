@@ -22,7 +22,7 @@ from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 from ray.rllib.utils.annotations import override
 
 from ldmpc.agent import Agent
-from ldmpc.compile import maybe_compile
+from ldmpc.compile import LOSS_OPTIONS, maybe_compile
 from ldmpc.config import Config, to_dict
 from ldmpc.losses import total_loss
 
@@ -54,7 +54,7 @@ class PlannerModule(TorchRLModule):
         self._obs_ndim = len(cfg.obs_shape)
         # Planning is compiled inside the agent; under DDP the loss is compiled here.
         compile_loss = bool(cfg.compile) and not self.inference_only
-        self._loss = maybe_compile(total_loss, compile_loss, "loss")
+        self._loss = maybe_compile(total_loss, compile_loss, "loss", options=LOSS_OPTIONS)
 
     # ------------------------------------------------------------------ state
     @override(TorchRLModule)

@@ -70,6 +70,12 @@ class CompiledFn:
         return out
 
 
+# Inductor options for compiled losses: random ops as ATen calls. `ldmpc.nets.hashed_dropout`
+# draws one seed per call; inductor's own random lowering would recompute that draw inside the
+# generated loop, once per vector of elements.
+LOSS_OPTIONS = {"fallback_random": True}
+
+
 def maybe_compile(
     fn: Callable[..., Any], enabled: bool, name: str, **compile_kwargs: Any
 ) -> Callable[..., Any]:

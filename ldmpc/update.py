@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from ldmpc.compile import CompiledFn, maybe_compile
+from ldmpc.compile import LOSS_OPTIONS, CompiledFn, maybe_compile
 from ldmpc.errors import UserError
 from ldmpc.losses import Batch, RunningScale, total_loss
 from ldmpc.precision import compute_precision, resolve_precision
@@ -94,7 +94,7 @@ class Update:
         # tests/test_compile.py counts zero graph breaks); zeroing, backward() and the two
         # foreach clips stay eager. A wrapper's forward (DDP) compiles its own loss call.
         self._loss_fn = loss_fn or maybe_compile(
-            self._model_loss, bool(cfg.compile), "update", options={"fallback_random": True}
+            self._model_loss, bool(cfg.compile), "update", options=LOSS_OPTIONS
         )
         self._backward_ok = False  # a backward has run (compiled, when compile=true)
 

@@ -210,6 +210,9 @@ def test_training_loop_replay_utd_and_weight_sync(
         while c.updates == before:
             algo.train()
         assert algo.env_runner.get_state()[WEIGHTS_SEQ_NO] == c.updates > version
+        # local mode: the runner plans with the learner's own tensors (no copy per update)
+        learner_module = algo.learner_group._learner.module["default_policy"].unwrapped()
+        assert algo.env_runner.shares_weights(learner_module)
         learner_out = result["learners"]["default_policy"]
         assert np.isfinite(learner_out["total_loss"]) and learner_out["pi_scale"] >= 1
         assert result["learners"]["nonfinite_updates"] == 0
