@@ -229,6 +229,8 @@ class GracefulExit:
     handlers, e.g. inside some Ray actors) it installs nothing and `requested` stays False.
     """
 
+    active: GracefulExit | None = None  # the one installed in this process (signals are global)
+
     def __init__(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
         self.signals = signals
         self.requested = False
@@ -251,6 +253,7 @@ class GracefulExit:
             for sig in self.signals:
                 self._old[sig] = signal.signal(sig, self._handle)
             self.installed = True
+            GracefulExit.active = self
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -258,3 +261,17 @@ class GracefulExit:
             signal.signal(sig, old)
         self._old.clear()
         self.installed = False
+        if GracefulExit.active is self:
+            GracefulExit.active = None
+
+
+class StopRequestedError(Exception):
+    """A long unit of work inside a training loop (an evaluation) gave up because SIGINT or
+    SIGTERM arrived; the loop then checkpoints the last consistent step."""
+
+
+def stop_requested() -> bool:
+    """True once SIGINT/SIGTERM reached this process's training loop (`GracefulExit`): long
+    units of work inside it (an evaluation) poll this to give up within a step."""
+    active = GracefulExit.active
+    return active is not None and active.requested

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from typing import Any
 
 import numpy as np
 import torch
 
+from ldmpc.checkpoint import StopRequestedError, stop_requested
 from ldmpc.config import Config
 from ldmpc.envs import make_vector_env, vector_of
 
@@ -62,6 +64,9 @@ def normalized_score(metric: str, ret: np.ndarray, success: np.ndarray) -> np.nd
     return 100.0 * success if metric == "success" else ret / 10.0
 
 
+TEST_STEP_DELAY_ENV = "LDMPC_TEST_EVAL_STEP_S"  # seconds added to each evaluation step (tests)
+
+
 def evaluate(
     agent: Any, cfg: Config, episodes: int, seed: int, video_dir: str | None = None
 ) -> dict[str, float]:
@@ -77,8 +82,14 @@ def evaluate(
     is_first = torch.ones(episodes, dtype=torch.bool, device=device)
     state = None
     videos: list[list[np.ndarray]] = [[] for _ in range(episodes)]
+    slow = float(os.environ.get(TEST_STEP_DELAY_ENV, "0"))
+    if slow:  # test-only: a long evaluation, announced, so a drill can stop the run inside it
+        print(f"{TEST_STEP_DELAY_ENV}: evaluation running", flush=True)
     try:
         while active.any():
+            if stop_requested():  # answered within one planning step; the loop owes the eval
+                raise StopRequestedError(f"evaluation of {episodes} episodes")
+            time.sleep(slow)
             if video_dir is not None:
                 for i, frame in enumerate(_frames(envs) or []):
                     if active[i]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ldmpc.cadence import Every, eval_cadence
-from ldmpc.checkpoint import GracefulExit
+from ldmpc.checkpoint import GracefulExit, StopRequestedError
 from ldmpc.errors import UserError
 from ldmpc.logging import RunLogger
 
@@ -123,7 +123,10 @@ class Trainer(ABC):
                         step = self.do_owed_work()
                         continue
                     if not stop.requested and evals.due(step):
-                        result = self.evaluate(step)
+                        try:
+                            result = self.evaluate(step)
+                        except StopRequestedError:  # owed: redone on resume at this same step
+                            result = None
                         if result is not None:
                             self._record([(step, result)])
                     if step >= cfg.steps or stop.requested:

@@ -119,3 +119,43 @@ def test_sigterm_to_the_whole_process_group_still_checkpoints(tmp_path: Path) ->
     assert int(ckpt["counters"]["env_steps"]) >= 200
     left = subprocess.run(["pgrep", "-f", _RAY_DIRS[-1]], capture_output=True, text=True).stdout
     assert not left, f"Ray processes outlived the run: {left}"
+
+
+@pytest.mark.heavy
+def test_sigterm_inside_an_evaluation_is_answered_and_the_eval_is_owed(tmp_path: Path) -> None:
+    """The step-0 evaluation runs (made long by a test-only delay per step) when SIGTERM
+    arrives: the run exits within seconds with a checkpoint at step 0, and the resumed run
+    evaluates step 0 first, so the curve has no hole."""
+    from ldmpc.evaluate import TEST_STEP_DELAY_ENV
+
+    run_dir = tmp_path / "runs" / "mw-reach" / "1" / "default"
+    os.environ[TEST_STEP_DELAY_ENV] = "1.0"  # 100-step episodes: a 100 s evaluation
+    try:
+        proc = _train(tmp_path, "steps=1000000", "eval_freq=100")
+    finally:
+        del os.environ[TEST_STEP_DELAY_ENV]
+    deadline = time.time() + 240
+    while True:  # until the evaluation announces itself
+        line = proc.stdout.readline()
+        assert line or proc.poll() is None, "the run ended before its evaluation"
+        if TEST_STEP_DELAY_ENV in line:
+            break
+        assert time.time() < deadline, "no evaluation within 240 s"
+    time.sleep(2.0)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    waited = time.time() - sent
+    assert proc.returncode == 0, out
+    print(f"stop latency inside an evaluation: {waited:.2f} s")
+    assert waited < 30, f"SIGTERM answered after {waited:.1f} s"  # an eval step is ~1 s here
+    assert "continue with resume=true" in out
+    assert int(load_checkpoint(run_dir / "checkpoints" / "latest.pt")["counters"]["env_steps"]) == 0
+    assert _rows(run_dir / "eval.csv") == 0  # not half an evaluation: none, owed
+
+    proc = _train(tmp_path, "steps=100", "eval_freq=100", "resume=true")
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out
+    with open(run_dir / "eval.csv", newline="") as fh:
+        steps = [int(float(r["step"])) for r in csv.DictReader(fh)]
+    assert steps == [0, 100]
