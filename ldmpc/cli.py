@@ -132,6 +132,10 @@ def cmd_train(args: list[str]) -> int:
     from ldmpc.config import load
 
     cfg = check_precision(load(args))
+    if cfg.address is None:  # this machine holds the whole run (a cluster's nodes: not checked)
+        from ldmpc.memory import check_memory
+
+        check_memory(cfg)
     make_run_dir(cfg)
     if cfg.data_dir is not None:  # offline: one process, no Ray
         from ldmpc.offline import run_offline

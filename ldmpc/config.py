@@ -11,6 +11,7 @@ and learner: `Config.from_dict` rebuilds it from the plain dict RLlib carries).
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import math
 import os
 from collections.abc import Callable
@@ -315,9 +316,12 @@ def coerce(key: str, raw: str) -> Any:
     if raw.strip().lower() in ("null", "none", "~") and "None" in str(t):
         return None
     kind = _base_type(t)
-    if kind == "int":
-        number = float(raw.replace("_", ""))
-        if not number.is_integer():
+    if kind == "int":  # "1e6" is taken, exactly; "1.5" and "1e-3" are not ints
+        try:
+            number = decimal.Decimal(raw.replace("_", "").strip())
+        except decimal.InvalidOperation:
+            raise ValueError(raw) from None
+        if not number.is_finite() or number != number.to_integral_value() or abs(number) >= 2**63:
             raise ValueError(raw)
         return int(number)
     if kind == "float":
