@@ -53,6 +53,7 @@ from actors.planner_module import PlannerModule, module_config
 from actors.replay_shard import ShardedReplay
 from ldmpc.config import Config, to_dict
 from ldmpc.envs.multitask import multitask_episode
+from ldmpc.errors import UserError
 from ldmpc.replay import EpisodeReplay, RunReplay, replay_args, replay_dir
 from ldmpc.update import check_nonfinite_streak
 from learner.tdmpc_learner import NONFINITE_STREAK, TdmpcLearner, to_batch_major
@@ -392,7 +393,8 @@ class LdmpcAlgorithm(Algorithm):
                     from_worker_or_learner_group=self.learner_group, inference_only=True
                 )
                 return
-            if group.num_remote_workers() <= 0 and self._share_with_local_runner():
+            sharing = self.cfg.sync_every == 1  # sync_every > 1 asks for weights that lag
+            if group.num_remote_workers() <= 0 and sharing and self._share_with_local_runner():
                 return
             state = {
                 COMPONENT_RL_MODULE: self._module_weights(),
@@ -494,7 +496,16 @@ class LdmpcAlgorithm(Algorithm):
 
             return load_init_weights(learner.module[DEFAULT_MODULE_ID].unwrapped().model, cfg)
 
-        lines = [r.get() for r in self.learner_group.foreach_learner(load)]
+        from ldmpc.init_from import source_weights
+
+        source_weights(str(cfg.init_from), cfg)  # a bad file: one line here, not from a learner
+        try:
+            lines = [r.get() for r in self.learner_group.foreach_learner(load)]
+        except Exception as err:  # a remote learner's UserError arrives wrapped by Ray
+            cause = getattr(err, "cause", None)
+            if isinstance(cause, UserError):
+                raise cause from None
+            raise
         self._sync_weights(force=True)
         return lines[0]
 

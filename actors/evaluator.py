@@ -15,6 +15,8 @@ import os
 import time
 from typing import Any
 
+import torch
+
 from ldmpc.config import Config, to_dict
 
 EvalResult = dict[str, float]
@@ -96,6 +98,9 @@ class ParallelEvaluator:
         self._pending: dict[int, tuple[Any, dict[str, Any]]] = {}  # step -> (ref, snapshot)
 
     def submit(self, step: int, state: dict[str, Any]) -> EvalResult | None:
+        # A copy: a local learner's state holds its live tensors, which later updates change;
+        # a checkpoint must keep the weights of this step for an evaluation still owed.
+        state = _snapshot(state)
         self._pending[step] = (self.actor.evaluate.remote(state, step), state)
         return None  # lands later through `landed`
 
@@ -121,6 +126,15 @@ class ParallelEvaluator:
         import ray
 
         ray.kill(self.actor)
+
+
+def _snapshot(state: Any) -> Any:
+    """A deep copy of the tensors of a (nested) state dict."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {k: _snapshot(v) for k, v in state.items()}
+    return state
 
 
 def make_evaluator(cfg: Config) -> InlineEvaluator | ParallelEvaluator:

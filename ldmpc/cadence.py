@@ -28,12 +28,14 @@ class Every:
         return True
 
 
-def eval_cadence(every: int, start: int, missing_eval_at: Callable[[int], bool]) -> Every:
+def eval_cadence(every: int, start: int, missing_eval_since: Callable[[int], bool]) -> Every:
     """When a run evaluates: each multiple of `every`, step 0 included (as TD-MPC2).
 
-    A resume at an eval step evaluates it first when its eval is missing from the log: a run
-    writes its checkpoint at such a step before the eval, so a stop in between would leave a
-    hole in the learning curve.
+    A resumed run evaluates first when the log has no evaluation since the last multiple of
+    `every` at or before its start: a stop before or during that evaluation (or a checkpoint
+    written at the eval step before the eval) would otherwise leave a hole in the curve. The
+    run's step may have passed the multiple (a vector step of several envs), so the check is
+    "none since", not "none at".
     """
-    owed = every > 0 and start % every == 0 and missing_eval_at(start)
+    owed = every > 0 and start > 0 and missing_eval_since(start - start % every)
     return Every(every, start, fire_at_start=start == 0 or owed)

@@ -132,7 +132,7 @@ def cmd_train(args: list[str]) -> int:
     from ldmpc.config import load
 
     cfg = check_precision(load(args))
-    if cfg.address is None:  # this machine holds the whole run (a cluster's nodes: not checked)
+    if cfg.address is None and cfg.data_dir is None:  # online, on this machine alone
         from ldmpc.memory import check_memory
 
         check_memory(cfg)

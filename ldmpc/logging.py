@@ -167,6 +167,12 @@ class RunLogger:
             return False
         return all(int(float(r["step"])) != step for r in self.eval_csv.rows())
 
+    def missing_eval_since(self, step: int) -> bool:
+        """eval.csv has no row at `step` or later (False without CSVs: nobody can tell)."""
+        if not self.cfg.save_csv:
+            return False
+        return all(int(float(r["step"])) < step for r in self.eval_csv.rows())
+
     @property
     def elapsed(self) -> float:
         return time.time() - self.start_time

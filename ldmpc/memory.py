@@ -4,15 +4,17 @@ Without it, `batch_size=1e9` or an rgb replay larger than RAM starts Ray, builds
 seeds for minutes and then dies in the allocator. The estimate is deliberately simple: its terms
 are the ones that grow with a key, each counted once where it lives on this machine:
 
-- replay at capacity: min(buffer_size, steps) transitions of the task's real observation
-  (float32 for states, uint8 frames for rgb) plus action, reward and flags;
+- replay at capacity: min(buffer_size, steps + seed_steps) transitions of the task's real
+  observation (float32 for states, uint8 frames for rgb) plus action, reward and flags, twice:
+  the replay grows its arrays by a quarter and holds old and new while it copies;
 - one sampled batch per learner: batch_size x (window + 1) observations, and its activations:
   batch_size x (window + 1) rows of every network layer's width, kept for the backward;
 - the model per learner: weights, gradients, two Adam moments and the target Q (~5 copies);
   per acting process (runners, the evaluator): one copy, and the planner's candidates;
 
 A run is refused when their sum exceeds the memory available now (MemAvailable); the message
-names the largest term, the key that sets it and a value that would fit.
+names the largest term, the key that sets it and a value that would fit. Online runs only: an
+offline run's replay is its dataset, whose size is known once it is read.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ldmpc.errors import UserError
 if TYPE_CHECKING:
     from ldmpc.config import Config
 
+REPLAY_PEAK = 2.0  # old + grown arrays during the replay's last reallocation (see above)
 LEARNER_COPIES = 5  # weights, gradients, Adam's two moments, the EMA target (an upper bound)
 ACTIVATION_WIDTHS = 24  # hidden-layer widths kept per batch row for the backward (all nets)
 
@@ -43,8 +46,12 @@ def model_params(cfg: Config) -> int:
     """Parameters of this config's world model, counted on the meta device (no memory)."""
     from ldmpc.world_model import WorldModel
 
-    with torch.device("meta"):
-        return sum(p.numel() for p in WorldModel(cfg).parameters())
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in WorldModel(cfg).parameters())
+    except (RuntimeError, OverflowError) as err:  # widths too large to even describe
+        dims = f"enc_dim={cfg.enc_dim} mlp_dim={cfg.mlp_dim} latent_dim={cfg.latent_dim}"
+        raise UserError(f"the model cannot be built at {dims}: {err}") from None
 
 
 def terms(cfg: Config) -> list[Term]:
@@ -61,7 +68,7 @@ def terms(cfg: Config) -> list[Term]:
     width = max(cfg.mlp_dim, cfg.enc_dim, cfg.latent_dim)
     return sorted(
         [
-            Term("the replay at capacity", "buffer_size", capacity * transition),
+            Term("the replay at capacity", "buffer_size", REPLAY_PEAK * capacity * transition),
             Term("one replay batch", "batch_size", learners * rows * obs_bytes),
             Term(
                 "the update's activations",
@@ -101,9 +108,12 @@ def check_memory(cfg: Config, available: int | None = None) -> None:
         if big.key == "buffer_size":  # the term is min(buffer_size, steps) transitions
             value = min(value, int(cfg.steps) + int(cfg.seed_steps))
         fits = f"; {big.key}={max(1, int(value * room / by_key * 0.9)):,} would fit"
+    setting = f"{big.key}={getattr(cfg, big.key):,}"
+    if big.key == "model_size":
+        setting += f" with enc_dim={cfg.enc_dim} mlp_dim={cfg.mlp_dim} latent_dim={cfg.latent_dim}"
     raise UserError(
         f"this run needs ~{_gb(need)} of memory, {_gb(have)} is available: the largest part is "
-        f"{big.what} ({_gb(big.bytes)}, set by {big.key}={getattr(cfg, big.key):,}){fits}"
+        f"{big.what} ({_gb(big.bytes)}, set by {setting}){fits}"
     )
 
 

@@ -186,7 +186,8 @@ def hashed_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """
     seed = torch.randint(0, 2**31, (1,), device=x.device, dtype=torch.int32)
     index = torch.arange(x.numel(), device=x.device, dtype=torch.int32).view(x.shape)
-    keep = _mix32(_mix32(index) ^ seed) >= round(p * 2**32) - 2**31  # as signed int32
+    threshold = min(round(p * 2**32), 2**32 - 1) - 2**31  # as signed int32 (p < 1)
+    keep = _mix32(_mix32(index) ^ seed) >= threshold
     return x * keep.to(x.dtype) * (1.0 / (1.0 - p))
 
 

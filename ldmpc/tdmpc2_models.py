@@ -102,6 +102,13 @@ def detect_layout(model: dict[str, torch.Tensor]) -> str:
 
 def infer_shapes(model: dict[str, torch.Tensor]) -> Tdmpc2Shapes:
     """Dims of a TD-MPC2 model from its tensors, and the model_size preset they match."""
+    try:
+        return _infer_shapes(model)
+    except (KeyError, IndexError) as err:
+        raise UserError(f"a TD-MPC2 model without {err} is incomplete; {SUPPORTED}") from None
+
+
+def _infer_shapes(model: dict[str, torch.Tensor]) -> Tdmpc2Shapes:
     layout = detect_layout(model)
     enc = sorted(
         int(m.group(1)) for k in model if (m := re.fullmatch(r"_encoder\.state\.(\d+)\.weight", k))
@@ -252,10 +259,16 @@ def import_tdmpc2(src: str, dst: str, cfg: Config) -> str:
 
 def check_fits(shapes: Tdmpc2Shapes, cfg: Config, model: dict[str, torch.Tensor]) -> None:
     """One UserError naming both sides when a TD-MPC2 model cannot serve this config."""
+    if cfg.dynamics != "mlp" or cfg.proposal != "policy" or cfg.obs != "state":
+        raise UserError(
+            "a TD-MPC2 model is a state-observation model with mlp dynamics and a policy prior: "
+            f"use dynamics=mlp proposal=policy obs=state (got dynamics={cfg.dynamics} "
+            f"proposal={cfg.proposal} obs={cfg.obs})"
+        )
     tasks = len(cfg.tasks) if cfg.multitask else 0
     want = {
         "tasks": tasks,
-        "obs": int(cfg.obs_shape[0]) if cfg.obs == "state" else -1,
+        "obs": int(cfg.obs_shape[0]),
         "action": cfg.action_dim,
         "latent_dim": cfg.latent_dim,
         "enc_dim": cfg.enc_dim,

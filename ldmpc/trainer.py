@@ -111,7 +111,7 @@ class Trainer(ABC):
         evals = eval_cadence(
             cfg.eval_freq,
             start,
-            lambda s: log.missing_eval_at(s) and s not in self.evals_in_flight(),
+            lambda s: log.missing_eval_since(s) and all(f < s for f in self.evals_in_flight()),
         )
         checkpoints = Every(cfg.checkpoint_freq, start, fire_at_start=False)
         step, path = start, None

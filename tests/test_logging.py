@@ -77,12 +77,15 @@ def test_a_resume_owes_only_the_eval_missing_at_its_step(tmp_path) -> None:
     log.close()
     resumed = RunLogger(cfg, start_step=50, resumed=True)  # stopped before its eval at 50
     assert resumed.missing_eval_at(50) and not resumed.missing_eval_at(0)
-    assert eval_cadence(50, 50, resumed.missing_eval_at).due(50)  # the owed eval runs first
-    fresh = eval_cadence(50, 0, resumed.missing_eval_at)
+    since = resumed.missing_eval_since
+    assert eval_cadence(50, 50, since).due(50)  # the owed eval runs first
+    fresh = eval_cadence(50, 0, since)
     assert fresh.due(0) and not fresh.due(49) and fresh.due(50)  # step 0 first, as TD-MPC2
-    off_grid = eval_cadence(50, 75, resumed.missing_eval_at)  # a SIGTERM checkpoint at 75
+    # a stop at 52 (a vector step past 50) before or during the eval of 50: owed at 52
+    assert eval_cadence(50, 52, since).due(52)
+    resumed.log_eval(52, {"episode_reward": 2.0})  # that eval, logged at the step it ran
+    off_grid = eval_cadence(50, 75, since)  # a SIGTERM checkpoint at 75, after it
     assert not off_grid.due(75) and off_grid.due(100)
-    resumed.log_eval(50, {"episode_reward": 2.0})
-    assert not eval_cadence(50, 50, resumed.missing_eval_at).due(50)  # logged: not owed again
-    assert not eval_cadence(0, 50, resumed.missing_eval_at).due(50)  # eval_freq=0: never
+    assert not eval_cadence(50, 52, since).due(52)  # logged: not owed again
+    assert not eval_cadence(0, 50, since).due(50)  # eval_freq=0: never
     resumed.close()

@@ -71,3 +71,8 @@ def test_integer_keys_take_exact_integers(raw: str, value: int) -> None:
 def test_integer_keys_refuse_what_is_not_an_exact_integer(raw: str) -> None:
     with pytest.raises(UserError, match="batch_size"):
         parse([f"batch_size={raw}"])
+
+
+def test_widths_too_large_to_build_are_one_line() -> None:
+    with pytest.raises(UserError, match="mlp_dim=10000000000"):
+        check_memory(_cfg([*MAKE_TRAIN, "mlp_dim=1e10"]), available=16 * GB)

@@ -226,3 +226,15 @@ def test_export_refuses_a_diffusion_model(tmp_path: Path) -> None:
     cfg = load(["task=cartpole-swingup", "model_size=1", "proposal=both"])
     with pytest.raises(UserError, match="only a TD-MPC2 model"):
         from_ldmpc_state({}, cfg)
+
+
+def test_a_diffusion_config_or_an_incomplete_file_is_one_line(tmp_path: Path, capsys) -> None:
+    src = FIXTURES / "tdmpc2_cartpole-swingup_size1.pt"
+    dst = tmp_path / "x.pt"
+    args = ["import", "tdmpc2", f"src={src}", f"dst={dst}", "task=cartpole-swingup"]
+    code, _, err = _cli(capsys, *args, "dynamics=diffusion")
+    assert code == 2 and "dynamics=mlp proposal=policy obs=state" in err and not dst.exists()
+    model = model_state(torch.load(src, weights_only=True))
+    del model["_pi.2.weight"]
+    with pytest.raises(UserError, match="incomplete"):
+        infer_shapes(model)

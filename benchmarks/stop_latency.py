@@ -1,0 +1,96 @@
+"""Seconds from SIGTERM to the exit of `ldmpc train`, in each phase of a run (issue: answer a
+stop within seconds; the target is <= 5 s everywhere).
+
+Each phase is one real `ldmpc train` process at the `make train` budget (cartpole-swingup),
+signalled once its phase is under way, as told by the run's own files or its output:
+- `seed`: the random seed phase (the first episode row of train.csv, step 500);
+- `learn`: learning (train.csv past the seed phase's catch-up, step 1,500);
+- `eval`: the step-0 evaluation in the driver (announced by the test hook
+  LDMPC_TEST_EVAL_STEP_S, here 0.001 s per step, i.e. a real evaluation).
+The time includes the final checkpoint, Ray's shutdown and the interpreter's exit. Each
+phase's exit code must be 0 and its checkpoint loadable; a failure raises.
+
+Knobs: SL_PHASES (seed,learn,eval), SL_ARGS (extra key=value, e.g. TD-MPC2's defaults:
+"batch_size=256 num_samples=512 iterations=6 num_elites=64 num_pi_trajs=24").
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import append_rows, env_list, run_as_script, table
+from benchmarks.train_speed import MAKE_TRAIN
+from ldmpc.evaluate import TEST_STEP_DELAY_ENV
+
+STEP_HOOK = TEST_STEP_DELAY_ENV  # announces the evaluation (and slows each step by its value)
+
+
+def _rows(path: Path) -> int:
+    return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
+
+
+def _started(phase: str, proc: subprocess.Popen[str], run_dir: Path) -> None:
+    """Return once `phase` is under way (raises when the run ends first or takes > 15 min)."""
+    deadline = time.time() + 900
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{phase}: the run ended before the phase ({proc.returncode})")
+        if time.time() > deadline:
+            raise RuntimeError(f"{phase}: not reached in 15 minutes")
+        if phase == "eval":
+            line = proc.stdout.readline()
+            if STEP_HOOK in line:
+                return
+            continue
+        if _rows(run_dir / "train.csv") >= (1 if phase == "seed" else 3):
+            return
+        time.sleep(0.2)
+
+
+def measure(phase: str, work: Path, extra: list[str]) -> float:
+    """One run signalled in `phase`: seconds from SIGTERM to its exit."""
+    from ldmpc.checkpoint import load_checkpoint
+
+    run = work / phase
+    args = [*MAKE_TRAIN, "steps=1000000", f"work_dir={run}", "progress=false", *extra]
+    env = {**os.environ, STEP_HOOK: "0.001"} if phase == "eval" else dict(os.environ)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ldmpc.cli", "train", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _started(phase, proc, run / "cartpole-swingup" / "1" / "default")
+    sent = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=600)
+    seconds = time.perf_counter() - sent
+    if proc.returncode != 0:
+        raise RuntimeError(f"{phase}: exit {proc.returncode}: {out[-800:]}")
+    load_checkpoint(run / "cartpole-swingup" / "1" / "default" / "checkpoints" / "latest.pt")
+    return seconds
+
+
+def main() -> None:
+    phases = env_list("SL_PHASES", "seed,learn,eval")
+    extra = os.environ.get("SL_ARGS", "").split()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="stop_latency_") as tmp:
+        for phase in phases:
+            seconds = measure(phase, Path(tmp), extra)
+            rows.append({"phase": phase, "seconds_to_exit": seconds, "args": " ".join(extra)})
+            print(f"{phase}: {seconds:.2f} s", flush=True)
+    print(table(rows))
+    print(f"rows appended to {append_rows('stop_latency', rows)}")
+
+
+if __name__ == "__main__":
+    run_as_script(main)
