@@ -51,6 +51,7 @@ from actors.env_runner import (
 )
 from actors.planner_module import PlannerModule, module_config
 from actors.replay_shard import ShardedReplay
+from ldmpc.checkpoint import stop_requested
 from ldmpc.config import Config, to_dict
 from ldmpc.envs.multitask import multitask_episode
 from ldmpc.errors import UserError
@@ -212,7 +213,9 @@ class LdmpcAlgorithm(Algorithm):
             can_sample = self.counters.env_steps < self.sample_until
             self._round(can_sample)
             finished = not can_sample and not self.can_learn
-            if finished or time.perf_counter() >= deadline:
+            # a stop ends the step after this round: no further rounds (the seed phase's end
+            # would start the catch-up updates and their first compile, ~10 s)
+            if finished or time.perf_counter() >= deadline or stop_requested():
                 break
         self._aggregate_runner_metrics()
         self._log_counters()

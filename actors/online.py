@@ -16,7 +16,7 @@ from typing import Any
 
 from actors.algorithm import Counters, LdmpcAlgorithm, build_algorithm
 from actors.evaluator import EvalResult, acting_state, make_evaluator
-from actors.ray_init import init_ray
+from actors.ray_init import init_ray, shutdown_ray
 from ldmpc.config import Config
 from ldmpc.errors import UserError
 from ldmpc.trainer import Trainer
@@ -31,8 +31,6 @@ def run_training(cfg: Config, on_eval: EvalHook | None = None) -> dict[str, Any]
     final counters, the last eval result and whether the run was interrupted. `on_eval(step,
     result, algo)` runs after each evaluation is logged (Ray Tune reports from there).
     """
-    import ray
-
     from ldmpc.runtime import set_threads
 
     if cfg.data_dir is not None:
@@ -47,7 +45,7 @@ def run_training(cfg: Config, on_eval: EvalHook | None = None) -> dict[str, Any]
         trainer.close()
         algo.stop()
         if started_ray:
-            ray.shutdown()
+            shutdown_ray()
     return {
         **asdict(algo.counters),
         "eval": out.last_eval,

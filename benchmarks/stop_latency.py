@@ -3,7 +3,10 @@ stop within seconds; the target is <= 5 s everywhere).
 
 Each phase is one real `ldmpc train` process at the `make train` budget (cartpole-swingup),
 signalled once its phase is under way, as told by the run's own files or its output:
-- `seed`: the random seed phase (the first episode row of train.csv, step 500);
+- `seed`: the random seed phase (right after the step-0 evaluation's row in eval.csv; the
+  first train.csv row comes too late: one 0.5 s training step of random actions reaches the
+  seed phase's end and starts the catch-up updates, whose first call compiles the update, and
+  a stop waits for a compilation that has begun: ~10 s here with a warm cache);
 - `learn`: learning (train.csv past the seed phase's catch-up, step 1,500);
 - `eval`: the step-0 evaluation in the driver (announced by the test hook
   LDMPC_TEST_EVAL_STEP_S, here 0.001 s per step, i.e. a real evaluation).
@@ -49,7 +52,9 @@ def _started(phase: str, proc: subprocess.Popen[str], run_dir: Path) -> None:
             if STEP_HOOK in line:
                 return
             continue
-        if _rows(run_dir / "train.csv") >= (1 if phase == "seed" else 3):
+        if phase == "seed" and _rows(run_dir / "eval.csv") >= 1:
+            return
+        if phase == "learn" and _rows(run_dir / "train.csv") >= 3:
             return
         time.sleep(0.2)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ldmpc.cadence import Every, eval_cadence
-from ldmpc.checkpoint import GracefulExit, StopRequestedError
+from ldmpc.checkpoint import GracefulExit, StopRequestedError, latest_checkpoint
 from ldmpc.errors import UserError
 from ldmpc.logging import RunLogger
 
@@ -102,8 +102,9 @@ class Trainer(ABC):
     # ------------------------------------------------------------------ the loop
     def run(self) -> LoopResult:
         cfg = self.cfg
+        resumed = cfg.resume and latest_checkpoint(cfg.run_dir) is not None
         start = self.resume() if cfg.resume else 0
-        if start == 0 and cfg.init_from:  # a new run (a resumed one has its own weights)
+        if cfg.init_from and not resumed:  # a new run (a resumed one has its own weights)
             print(f"ldmpc: {self.initialize()}", flush=True)
         log = self.log = RunLogger(cfg, start_step=start, resumed=start > 0)
         self.last_eval: dict[str, float] | None = None
