@@ -223,6 +223,23 @@ def test_training_loop_replay_utd_and_weight_sync(
     assert os.path.isdir(os.path.join(cfg.run_dir, "rllib"))  # not ~/ray_results
 
 
+def test_sync_every_keeps_the_local_runner_on_a_copy(local_ray: None, tmp_path: Any) -> None:
+    """sync_every > 1 asks for weights that lag: the local runner gets copies every N updates
+    instead of sharing the learner's tensors (which would show it every update)."""
+    from actors.algorithm import build_algorithm
+
+    cfg = tiny_cfg(tmp_path, "sync_every=3")
+    algo = build_algorithm(cfg)
+    try:
+        while algo.counters.updates < 7:
+            algo.train()
+        learner_module = algo.learner_group._learner.module["default_policy"].unwrapped()
+        assert not algo.env_runner.shares_weights(learner_module)
+        assert 0 < algo.env_runner.get_state()[WEIGHTS_SEQ_NO] <= algo.counters.updates
+    finally:
+        algo.stop()
+
+
 def _check_nonfinite_loss_is_skipped(algo: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A NaN loss skips the step: weights, target Q, Q scale and optimizer state stay put."""
     update = algo.learner_group._learner._updates["default_policy"]  # local mode: in-process
