@@ -421,13 +421,16 @@ class LdmpcAlgorithm(Algorithm):
         tensors (no copy per update: 4 % of a `make train` step went to loading a copy, py-spy).
         True when the runner holds them, with the current version."""
         runner = self.env_runner_group.local_env_runner
-        module = _first(
-            self.learner_group.foreach_learner(lambda lrn: lrn.module[DEFAULT_MODULE_ID])
-        ).unwrapped()
+        module = self._local_learner_module()
         if runner.shares_weights(module):
             runner.set_weights_version(self._weights_version)
             return True
         return runner.share_weights(module, self._weights_version)
+
+    def _local_learner_module(self) -> Any:
+        """The module of the learner in this process (num_learners=0), unwrapped."""
+        lookup = self.learner_group.foreach_learner(lambda lrn: lrn.module[DEFAULT_MODULE_ID])
+        return _first(lookup).unwrapped()
 
     def _runners_busy_loading(self) -> bool:
         """True while a runner has not yet taken the last weights sent. RLlib would drop a new
@@ -441,10 +444,7 @@ class LdmpcAlgorithm(Algorithm):
     def _module_weights(self) -> Any:
         """The learner's module weights as a runner's `set_state` takes them."""
         if self.learner_group.is_local:
-            module = _first(
-                self.learner_group.foreach_learner(lambda lrn: lrn.module[DEFAULT_MODULE_ID])
-            )
-            return module.unwrapped().state_dict()
+            return self._local_learner_module().state_dict()
         state = self.learner_group.get_state(
             components=f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}", inference_only=True
         )

@@ -98,21 +98,7 @@ def load_checkpoint(
     Returns the whole dict (format_version, ldmpc_version, fingerprint, counters, payload).
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        raise UserError(f"checkpoint {path} is corrupt or truncated: the file is empty")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e):  # a valid pickle naming code: refuse to run it
-            raise UserError(
-                f"checkpoint {path} is unsafe to load with weights_only=True "
-                f"(not written by ldmpc?): {_reason(e)}"
-            ) from None
-        raise UserError(f"checkpoint {path} is corrupt or truncated: {_reason(e)}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"checkpoint {path} is corrupt or truncated: {_reason(e)}") from None
+    obj = load_weights_only(path, "checkpoint", map_location)
     missing = [k for k in KEYS if not isinstance(obj, dict) or k not in obj]
     if missing:
         raise UserError(f"checkpoint {path} is not an ldmpc checkpoint (missing {missing[0]!r})")
@@ -125,6 +111,29 @@ def load_checkpoint(
     if expected_fingerprint is not None:
         check_fingerprint(path, obj["fingerprint"], expected_fingerprint)
     return obj
+
+
+def load_weights_only(
+    path: Path, what: str, map_location: str | torch.device | None = "cpu"
+) -> Any:
+    """`torch.load(weights_only=True)` of a file (`what`: how messages name it); a missing,
+    empty, corrupt or code-naming file is a one-line UserError. Used for ldmpc checkpoints and
+    TD-MPC2 model files alike."""
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"{what} {path} is corrupt or truncated: the file is empty")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e):  # a valid pickle naming code: refuse to run it
+            raise UserError(
+                f"{what} {path} is unsafe to load with weights_only=True "
+                f"(not written by ldmpc?): {_reason(e)}"
+            ) from None
+        raise UserError(f"{what} {path} is corrupt or truncated: {_reason(e)}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise UserError(f"{what} {path} is corrupt or truncated: {_reason(e)}") from None
 
 
 def _reason(e: BaseException) -> str:

@@ -21,7 +21,6 @@ TD-MPC2 stores a linear weight as [out, in] and each Q layer as [heads, out, in]
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ldmpc.checkpoint import load_weights_only
 from ldmpc.config import MODEL_SIZES
 from ldmpc.errors import UserError
 
@@ -165,8 +165,8 @@ def to_ldmpc_state(
 
     `action_dims` (per task, multitask only) rebuilds `_action_masks` where the file has none
     (2023 layout)."""
-    layout = detect_layout(model)
     shapes = infer_shapes(model)
+    layout = shapes.layout
     out: dict[str, torch.Tensor] = {}
     for key, value in model.items():
         if key.startswith("_encoder.state."):
@@ -201,25 +201,11 @@ def log_std_range(model: dict[str, torch.Tensor]) -> tuple[float, float] | None:
     return low, low + float(model["log_std_dif"])
 
 
-def _load_payload(path: Path) -> Any:
-    """torch.load(weights_only=True) of a file; any failure is one UserError naming it."""
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise UserError(f"{path} is unsafe or corrupt ({first})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise UserError(f"{path} is corrupt or truncated ({first})") from None
-
-
 def read_tdmpc2_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor] | None:
     """The weights of a TD-MPC2 model file (weights_only load), or None when `path` is not
     one, including unreadable files (an ldmpc checkpoint's loader reports those)."""
     try:
-        payload = _load_payload(Path(path))
+        payload = load_weights_only(Path(path), "model file")
     except UserError:
         return None
     return model_state(payload) if is_tdmpc2_state(payload) else None
@@ -237,7 +223,7 @@ def import_tdmpc2(src: str, dst: str, cfg: Config) -> str:
     source, target = Path(src), Path(dst)
     if target.exists():
         raise UserError(f"dst={dst} exists: give a new file (nothing was written)")
-    payload = _load_payload(source)
+    payload = load_weights_only(source, "model file")
     if not is_tdmpc2_state(payload):
         raise UserError(
             f"src={src} is not a TD-MPC2 model file (TD-MPC2 writes {{'model': state_dict}} "
