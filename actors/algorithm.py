@@ -490,18 +490,19 @@ class LdmpcAlgorithm(Algorithm):
         self._sync_weights(force=True)
 
     def initialize_weights(self) -> str:
-        """`init_from=`: every learner loads the start weights (the same file, so DDP replicas
-        agree), then the runners get them; returns what was loaded (`ldmpc.init_from`)."""
-        cfg = self.cfg
-
-        def load(learner: Any) -> str:
-            from ldmpc.init_from import load_init_weights
-
-            return load_init_weights(learner.module[DEFAULT_MODULE_ID].unwrapped().model, cfg)
-
+        """`init_from=`: the file is read once here and every learner loads the same tensors
+        (DDP replicas agree), then the runners get them; returns what was loaded."""
         from ldmpc.init_from import source_weights
 
-        source_weights(str(cfg.init_from), cfg)  # a bad file: one line here, not from a learner
+        path = str(self.cfg.init_from)
+        source, what = source_weights(path, self.cfg)  # read once, here: a bad file is one line
+
+        def load(learner: Any) -> str:
+            from ldmpc.init_from import load_matching
+
+            model = learner.module[DEFAULT_MODULE_ID].unwrapped().model
+            return load_matching(model, source, what, path)
+
         try:
             lines = [r.get() for r in self.learner_group.foreach_learner(load)]
         except Exception as err:  # a remote learner's UserError arrives wrapped by Ray

@@ -57,10 +57,18 @@ def load_init_weights(model: torch.nn.Module, cfg: Config) -> str:
     """Copy what fits from `cfg.init_from` into `model` (see the module docstring); returns
     one line saying what was loaded and what starts fresh."""
     source, what = source_weights(str(cfg.init_from), cfg)
+    return load_matching(model, source, what, str(cfg.init_from))
+
+
+def load_matching(
+    model: torch.nn.Module, source: dict[str, torch.Tensor], what: str, path: str
+) -> str:
+    """Copy the tensors of `source` (read by `source_weights` from `path`) that fit `model` by
+    name and shape; the line saying what was loaded and what starts fresh."""
     own = model.state_dict()
     loaded = {k: v for k, v in source.items() if k in own and v.shape == own[k].shape}
     if not loaded:
-        raise UserError(f"init_from={cfg.init_from}: no tensor of it fits this model ({what})")
+        raise UserError(f"init_from={path}: no tensor of it fits this model ({what})")
     # the target Q follows the live Q where the source has none for a copied head layer
     for key in list(loaded):
         if key.startswith("_Qs."):
