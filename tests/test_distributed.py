@@ -186,8 +186,10 @@ def test_async_run_survives_sigterm_and_resumes(ray_env: dict[str, str], tmp_pat
     proc = _cli(tmp_path, ray_env, "steps=100000", "async=true", "max_update_lag=32")
     try:
         deadline = time.monotonic() + 400
-        # 4 rows: each env ended its first 100-step episode, 200 steps after the seed phase
-        while len(_train_rows(tmp_path)) < 4:
+        # 8 rows: each of the 4 envs ended two 100-step episodes. Nothing is learned before
+        # the first 4 end (step 400: no whole episode in replay); the catch-up of the owed
+        # updates then runs before the runners may sample again.
+        while len(_train_rows(tmp_path)) < 8:
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "no episodes logged"
             time.sleep(2)
@@ -199,12 +201,16 @@ def test_async_run_survives_sigterm_and_resumes(ray_env: dict[str, str], tmp_pat
             proc.communicate()
     assert proc.returncode == 0, err[-3000:]
     assert "SIGTERM: checkpoint" in out + err
+    caught_up = [r for r in _train_rows(tmp_path) if int(r["step"]) > 600]  # second episodes
+    assert caught_up, "no episode ended after the catch-up"
+    for row in caught_up:  # while running, the backlog stayed within max_update_lag
+        assert int(row["updates"]) >= int(row["step"]) - 32 - 4, row
     run_dir = next(tmp_path.rglob("train.csv")).parent
     counters = load_checkpoint(latest_checkpoint(str(run_dir)))["counters"]
     stopped = int(counters["env_steps"])
     due = 200 + (stopped - 200)  # seed_steps pretraining + utd_ratio=1 per step since
     assert due - 32 - 4 <= counters["updates"] + counters["owed_updates"] <= due + 4
-    assert counters["updates"] >= due - 32 - 4  # the backlog stayed within max_update_lag
+    assert counters["updates"] >= due - 32 - 4  # the stop came after the catch-up
 
     # 400 more steps: each of the 4 envs finishes one fresh 100-step episode
     resumed = _cli(tmp_path, ray_env, f"steps={stopped + 400}", "async=true", "resume=true")
