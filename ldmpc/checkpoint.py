@@ -250,6 +250,10 @@ class GracefulExit:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if not self.requested:  # os.write: print() may be mid-write on this very thread
+            name = signal.Signals(signum).name
+            again = " (Ctrl-C again: exit now, without it)" if signum == signal.SIGINT else ""
+            os.write(2, f"\nldmpc: {name}: stopping with a final checkpoint{again}\n".encode())
         self.requested = True
         self.signum = signum
 

@@ -275,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"ldmpc: error: {err}", file=sys.stderr, flush=True)
         return 2
-    except KeyboardInterrupt:
-        print("ldmpc: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"ldmpc: interrupted{f' {err}' if str(err) else ''}", file=sys.stderr, flush=True)
         return 130
     except BrokenPipeError:  # `ldmpc tasks | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -14,11 +14,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ldmpc.cadence import Every, eval_cadence
 from ldmpc.checkpoint import GracefulExit, StopRequestedError, latest_checkpoint
-from ldmpc.errors import UserError
+from ldmpc.errors import RunInterrupted, UserError
 from ldmpc.logging import RunLogger
 
 EVAL_POLL_S = 0.5  # how long one wait for a landing evaluation lasts (a signal is seen between)
@@ -116,6 +116,7 @@ class Trainer(ABC):
         )
         checkpoints = Every(cfg.checkpoint_freq, start, fire_at_start=False)
         step, path = start, None
+        saved = (start, latest_checkpoint(cfg.run_dir)) if resumed else None
         try:
             with GracefulExit() as stop:
                 while True:
@@ -134,15 +135,19 @@ class Trainer(ABC):
                         break
                     step = self.advance(min(cfg.steps, evals.next_at, checkpoints.next_at))
                     if checkpoints.due(step) and step < cfg.steps:  # the last one: below
-                        self.save(step)
+                        written = self.save(step)
+                        saved = (step, written) if written is not None else saved
                 while self.evals_in_flight() and not stop.requested:  # the last ones, if any
                     self._record(self.landed_evals(EVAL_POLL_S))
             self.finish(step)
             path = self.save(step)  # evaluations still in flight are owed in it
+            saved = (step, path) if path is not None else saved
             if stop.requested:
                 log.write(
                     f"{stop.signal_name}: checkpoint {path} written; continue with resume=true"
                 )
+        except KeyboardInterrupt as err:  # a second Ctrl-C: out now, no final checkpoint
+            raise RunInterrupted(_unsaved(step, saved)) from err
         finally:
             log.close()
         return LoopResult(step, self.last_eval, stop.requested, path)
@@ -153,3 +158,16 @@ class Trainer(ABC):
             self.log.log_eval(step, result)
             self.evaluated(step, result)
             self.last_eval = result
+
+
+def _unsaved(step: int, saved: tuple[int, Any] | None) -> str:
+    """What a run stopped without its final checkpoint keeps, in one line."""
+    if saved is None:
+        return f"at step {step} without a checkpoint: nothing of this run is saved"
+    at, path = saved
+    if at == step:
+        return f"at step {step}; its checkpoint {path} is saved"
+    return (
+        f"at step {step} without a final checkpoint: steps {at}-{step} are not saved "
+        f"(resume=true continues from {path}, step {at})"
+    )

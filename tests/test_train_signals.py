@@ -159,3 +159,37 @@ def test_sigterm_inside_an_evaluation_is_answered_and_the_eval_is_owed(tmp_path:
     with open(run_dir / "eval.csv", newline="") as fh:
         steps = [int(float(r["step"])) for r in csv.DictReader(fh)]
     assert steps == [0, 100]
+
+
+@pytest.mark.heavy
+def test_a_second_ctrl_c_exits_at_once_and_says_what_is_not_saved(tmp_path: Path) -> None:
+    """SIGINT inside the step-0 evaluation (slowed by the test-only delay) asks for a graceful
+    stop; a second SIGINT before that stop finishes exits at once, code 130, with one line
+    saying that nothing of the run is saved, and writes no checkpoint."""
+    from ldmpc.evaluate import TEST_STEP_DELAY_ENV
+
+    run_dir = tmp_path / "runs" / "mw-reach" / "1" / "default"
+    os.environ[TEST_STEP_DELAY_ENV] = "3.0"  # each evaluation step sleeps 3 s
+    try:
+        proc = _train(tmp_path, "steps=1000000", "eval_freq=100")
+    finally:
+        del os.environ[TEST_STEP_DELAY_ENV]
+    deadline = time.time() + 240
+    while True:  # until the evaluation announces itself
+        line = proc.stdout.readline()
+        assert line or proc.poll() is None, "the run ended before its evaluation"
+        if TEST_STEP_DELAY_ENV in line:
+            break
+        assert time.time() < deadline, "no evaluation within 240 s"
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)  # inside the same 3 s evaluation step: the first stop is still pending
+    sent = time.time()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    waited = time.time() - sent
+    print(f"second Ctrl-C answered in {waited:.2f} s")
+    assert proc.returncode == 130, out
+    assert "Ctrl-C again: exit now" in out  # the first one said how to skip the checkpoint
+    assert "ldmpc: interrupted at step 0 without a checkpoint: nothing of this run is saved" in out
+    assert "Traceback" not in out, out
+    assert not (run_dir / "checkpoints" / "latest.pt").exists()
