@@ -266,3 +266,25 @@ def test_precision_ab_scores_the_late_evals_and_checks_the_seed_spread(tmp_path)
     assert ref["mean"] == pytest.approx(760.0)  # (810 + 710) / 2
     assert fast["per_seed"] == "770.0 nan" and fast["mean"] == pytest.approx(770.0)
     assert fast["within_fp32_spread"] == "yes" and fast["vs_fp32"] == pytest.approx(770 / 760)
+
+
+def _soak_samples(rss: list[float], fds: list[int], step_files: int = 3) -> list[dict]:
+    return [
+        {"elapsed_s": 60.0 * i, "rss_mb": r, "fds": f, "threads": 50, "processes": 8,
+         "step_files": step_files, "run_dir_mb": 10.0, "checkpoints_mb": 6.0, "replay_mb": 4.0}
+        for i, (r, f) in enumerate(zip(rss, fds, strict=True))
+    ]  # fmt: skip
+
+
+def test_soak_verdicts_judge_the_run_after_its_warm_up() -> None:
+    from benchmarks.soak import verdicts
+
+    def passed(samples: list[dict]) -> dict[str, bool]:
+        return {r["check"]: r["pass"] for r in verdicts(samples, slack=8)}
+
+    # the first 10 % (warm-up) may grow freely; after it, 1000 -> 1040 MB is +4 %: a pass
+    flat = passed(_soak_samples([100, *[1000] * 9, 1040], [10, *[30] * 10]))
+    assert flat["RSS growth after warm-up"] and flat["fds flat"]
+    creep = passed(_soak_samples([1000] * 10 + [1060], [30] * 10 + [39]))
+    assert not creep["RSS growth after warm-up"] and not creep["fds flat"]
+    assert not passed(_soak_samples([1000] * 5, [30] * 5, step_files=4))["checkpoint retention"]
