@@ -193,3 +193,58 @@ def test_a_second_ctrl_c_exits_at_once_and_says_what_is_not_saved(tmp_path: Path
     assert "ldmpc: interrupted at step 0 without a checkpoint: nothing of this run is saved" in out
     assert "Traceback" not in out, out
     assert not (run_dir / "checkpoints" / "latest.pt").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 200 MB tmpfs (CI runs as root); skipped where mounting is not allowed."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(disk)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()[:120]}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.heavy
+def test_a_full_disk_ends_the_run_in_one_line_and_keeps_the_last_checkpoint(
+    small_disk: Path,
+) -> None:
+    """The disk fills up after the checkpoint at step 100: the next checkpoint write fails,
+    the run exits 2 with one line naming the file and the space, the step-100 checkpoint
+    still loads, and once space is freed resume=true continues from it."""
+    import shutil
+
+    from ldmpc.checkpoint import latest_checkpoint
+
+    run_dir = small_disk / "runs" / "mw-reach" / "1" / "default"
+    proc = _train(small_disk, "steps=100000", "checkpoint_freq=100")
+    deadline = time.time() + 240
+    while not (run_dir / "checkpoints" / "step_100.pt").exists():
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.time() < deadline, "no checkpoint at step 100 within 240 s"
+        time.sleep(0.2)
+    filler = small_disk / "filler"
+    with open(filler, "wb") as fh:  # leave 1 MB: logs fit, a checkpoint (~20 MB) does not
+        os.posix_fallocate(fh.fileno(), 0, shutil.disk_usage(small_disk).free - 1_000_000)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 2, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("ldmpc: error:")]
+    assert len(errors) == 1 and "no space left to write" in errors[0], out[-3000:]
+    assert str(run_dir) in errors[0] and "MB free on its filesystem" in errors[0]
+    last = latest_checkpoint(run_dir)
+    assert last is not None and last.name == "step_100.pt"
+    assert int(load_checkpoint(last)["counters"]["env_steps"]) == 100
+
+    filler.unlink()
+    proc = _train(small_disk, "steps=200", "checkpoint_freq=100", "resume=true")
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out[-3000:]
+    assert int(load_checkpoint(latest_checkpoint(run_dir))["counters"]["env_steps"]) == 200
