@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -189,6 +190,7 @@ class LdmpcAlgorithm(Algorithm):
         # No sampling at or beyond this env step (run_training sets the next eval/checkpoint/end
         # step, so those happen at exact multiples as in TD-MPC2); owed updates are still paid.
         self.sample_until = int(cfg.steps)
+        self._updater: ThreadPoolExecutor | None = None  # overlap=true: the update thread
 
     def restore_env_runners(self, env_runner_group: Any) -> list[int]:
         """RLlib brings crashed runners back with the weights; reseed them from the step reached
@@ -224,6 +226,9 @@ class LdmpcAlgorithm(Algorithm):
         if self.cfg.async_learning:
             self._round_async(can_sample)
             return
+        if self.cfg.overlap:
+            self._round_overlapped(can_sample)
+            return
         if can_sample and not self.can_learn:
             self._owe(self._collect())
         self._pay_owed()
@@ -247,6 +252,40 @@ class LdmpcAlgorithm(Algorithm):
             self._fetch_samples(ASYNC_WAIT_S)  # nothing to learn yet: wait for data instead
             self._request_samples(can_sample)
         self._pay_owed()
+
+    def _round_overlapped(self, can_sample: bool) -> None:
+        """One round of `overlap=true` (local mode): the owed updates run on a second thread
+        while this one plans and steps the envs, one core each.
+
+        The decision is planned with the weights after the previous round's updates, as in
+        the sync loop; what changes is that this round's updates sample replay as it was
+        before this round's step (an episode that ends now is sampled from the next round).
+        Everything that mutates shared state stays on this thread: replay sampling happens
+        before the updates start, counters, metrics and the weight copy after they end. The
+        runner plans with its own copy of the weights (an update changes them in place).
+        During the seed phase's catch-up nothing is sampled until the backlog is paid, as in
+        the sync loop.
+        """
+        learnable = self.can_learn
+        n = min(int(self.counters.owed_updates), self.config.max_updates_per_round)
+        n = n if learnable else 0
+        batches = [self._learn_batch() for _ in range(n)]
+        updating = self._update_thread().submit(self._update_all, batches) if n else None
+        sampled = 0
+        # as the sync loop: sample while nothing can be learned (no whole episode yet), else
+        # only once this round pays the whole backlog
+        if can_sample and (not learnable or self.counters.owed_updates - n < 1):
+            sampled = self._collect()
+        if updating is not None:
+            self._learned(updating.result())
+            if self._weights_version - self._synced_version >= self.cfg.sync_every:
+                self._sync_weights()
+        self._owe(sampled)
+
+    def _update_thread(self) -> ThreadPoolExecutor:
+        if self._updater is None:
+            self._updater = ThreadPoolExecutor(1, thread_name_prefix="ldmpc-update")
+        return self._updater
 
     @property
     def can_learn(self) -> bool:
@@ -353,19 +392,35 @@ class LdmpcAlgorithm(Algorithm):
 
     def _learn(self, n: int) -> None:
         """n gradient updates, each on a fresh replay batch (one LearnerGroup.update each)."""
-        timesteps = {NUM_ENV_STEPS_SAMPLED_LIFETIME: self.counters.env_steps}
         for _ in range(n):
-            batch = to_batch_major(self.replay.sample(self.cfg.batch_size))
-            ma_batch = MultiAgentBatch(
-                {DEFAULT_MODULE_ID: SampleBatch(batch)}, env_steps=self.cfg.batch_size
-            )
-            with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
-                results = self.learner_group.update(batch=ma_batch, timesteps=timesteps)
+            self._learned(self._update_all([self._learn_batch()]))
+
+    def _learn_batch(self) -> MultiAgentBatch:
+        batch = to_batch_major(self.replay.sample(self.cfg.batch_size))
+        return MultiAgentBatch(
+            {DEFAULT_MODULE_ID: SampleBatch(batch)}, env_steps=self.cfg.batch_size
+        )
+
+    def _update_all(self, batches: list[MultiAgentBatch]) -> list[tuple[float, Any]]:
+        """One LearnerGroup.update per batch: (seconds, results) each. Touches nothing of this
+        object but the learner group (it may run on the update thread)."""
+        timesteps = {NUM_ENV_STEPS_SAMPLED_LIFETIME: self.counters.env_steps}
+        out = []
+        for batch in batches:
+            start = time.perf_counter()
+            results = self.learner_group.update(batch=batch, timesteps=timesteps)
+            out.append((time.perf_counter() - start, results))
+        return out
+
+    def _learned(self, done: list[tuple[float, Any]]) -> None:
+        """Book finished updates: timers, learner metrics, the non-finite check, counters."""
+        for seconds, results in done:
+            self.metrics.log_value((TIMERS, LEARNER_UPDATE_TIMER), seconds)
             self.metrics.aggregate(results, key=LEARNER_RESULTS)
             self._check_nonfinite()
-        self.counters.owed_updates -= n
-        self.counters.updates += n
-        self._weights_version += n
+            self.counters.owed_updates -= 1
+            self.counters.updates += 1
+            self._weights_version += 1
 
     def _check_nonfinite(self) -> None:
         streak = self.metrics.peek((LEARNER_RESULTS, NONFINITE_STREAK), default=0)
@@ -396,7 +451,8 @@ class LdmpcAlgorithm(Algorithm):
                     from_worker_or_learner_group=self.learner_group, inference_only=True
                 )
                 return
-            sharing = self.cfg.sync_every == 1  # sync_every > 1 asks for weights that lag
+            # sync_every > 1 asks for weights that lag; overlap updates while the runner plans
+            sharing = self.cfg.sync_every == 1 and not self.cfg.overlap
             if group.num_remote_workers() <= 0 and sharing and self._share_with_local_runner():
                 return
             state = {
@@ -514,6 +570,8 @@ class LdmpcAlgorithm(Algorithm):
         return lines[0]
 
     def cleanup(self) -> None:
+        if getattr(self, "_updater", None) is not None:
+            self._updater.shutdown(wait=True)
         if getattr(self, "replay", None) is not None:  # setup may have failed before it
             self.replay.close()
         super().cleanup()

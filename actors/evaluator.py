@@ -51,7 +51,18 @@ class InlineEvaluator:
         self.agent = _acting_agent(cfg)
 
     def submit(self, step: int, state: dict[str, Any]) -> EvalResult | None:
-        return _evaluate(self.agent, self.cfg, state, step)
+        if not self.cfg.overlap:
+            return _evaluate(self.agent, self.cfg, state, step)
+        # overlap=true trains on two threads of one torch thread each; while training waits,
+        # the evaluation may use every core of this process
+        from ldmpc.runtime import set_threads
+
+        before = torch.get_num_threads()
+        set_threads(0)
+        try:
+            return _evaluate(self.agent, self.cfg, state, step)
+        finally:
+            torch.set_num_threads(before)
 
     def landed(self, timeout_s: float) -> list[tuple[int, EvalResult]]:
         return []

@@ -35,7 +35,7 @@ def run_training(cfg: Config, on_eval: EvalHook | None = None) -> dict[str, Any]
 
     if cfg.data_dir is not None:
         raise UserError("data_dir= is offline training: run it with ldmpc.offline.run_offline")
-    set_threads(cfg.torch_threads)
+    set_threads(1 if cfg.overlap else cfg.torch_threads)  # overlap: a core per thread
     started_ray = init_ray(cfg)
     algo = build_algorithm(cfg)
     trainer = OnlineTrainer(algo, cfg, on_eval)

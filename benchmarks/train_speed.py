@@ -57,6 +57,8 @@ VARIANTS: dict[str, list[str]] = {
     "async": ["torch_threads=1", "num_env_runners=1", "async_learning=true"],
     # the learner spent 16 % of its time handing weights over after every update (py-spy)
     "async_sync4": ["torch_threads=1", "num_env_runners=1", "async_learning=true", "sync_every=4"],
+    # updates on a second thread while the driver plans the next step (one core each)
+    "overlap": ["overlap=true"],
     "async_eval_parallel": [
         "torch_threads=1",
         "num_env_runners=1",

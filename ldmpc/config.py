@@ -175,6 +175,11 @@ class Config:
         "overlap sampling and learning (alias: async); utd_ratio is held by pausing the "
         "runners when the update backlog exceeds max_update_lag",
     )
+    overlap: bool = _f(
+        False,
+        "local mode: run the owed updates on a second thread while the next step is planned "
+        "(one torch thread each; updates sample replay as of the step before)",
+    )
     max_update_lag: int = _f(
         64, "async: the most updates learning may fall behind the env steps (utd_ratio x steps)"
     )
@@ -467,6 +472,17 @@ def validate(cfg: DictConfig) -> None:
                 f"(available: {', '.join(IMPLEMENTED[key])})"
             )
     _validate_diffusion(cfg)
+    if cfg.overlap:
+        _check(
+            cfg.num_env_runners == 0 and cfg.num_learners == 0 and not cfg.async_learning,
+            "overlap", cfg.overlap,
+            "overlaps acting and learning inside one process: needs num_env_runners=0, "
+            "num_learners=0 and async=false",
+        )  # fmt: skip
+        _check(
+            cfg.torch_threads in (0, 1), "torch_threads", cfg.torch_threads,
+            "overlap=true runs two threads with one torch thread each: set 1 (or 0)",
+        )  # fmt: skip
     if cfg.async_learning and cfg.num_env_runners == 0:
         raise UserError(
             "async=true overlaps remote env runners with learning: set num_env_runners >= 1 "

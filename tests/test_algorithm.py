@@ -240,6 +240,47 @@ def test_sync_every_keeps_the_local_runner_on_a_copy(local_ray: None, tmp_path: 
         algo.stop()
 
 
+@pytest.mark.heavy
+def test_overlap_keeps_the_schedule_and_is_deterministic(local_ray: None, tmp_path: Any) -> None:
+    """overlap=true: updates run on a second thread while the runner plans. The update-to-data
+    schedule is the sync loop's, the runner plans with a copy (an update changes the learner's
+    tensors in place, mid-plan), and two runs of one seed end with identical weights: the
+    threads share no randomness and every hand-over happens at a fixed point of the round."""
+    from actors.algorithm import build_algorithm
+
+    finals = []
+    for run in ("a", "b"):
+        cfg = tiny_cfg(tmp_path / run, "overlap=true")
+        algo = build_algorithm(cfg)
+        try:
+            c = algo.counters
+            algo.sample_until = 3 * EPISODE * cfg.num_envs
+            while c.env_steps < algo.sample_until or c.owed_updates >= 1:
+                algo.train()
+            due = cfg.seed_steps + cfg.utd_ratio * (c.env_steps - cfg.seed_steps)
+            assert c.updates + c.owed_updates == pytest.approx(due) and c.owed_updates < 1
+            assert c.episodes >= 4 and algo.replay.num_episodes == c.episodes
+            learner_module = algo.learner_group._learner.module["default_policy"].unwrapped()
+            assert not algo.env_runner.shares_weights(learner_module)
+            assert algo.env_runner.get_state()[WEIGHTS_SEQ_NO] == c.updates
+            assert algo._updater is not None  # the updates did run on the thread
+            finals.append(algo.agent_weights()["model"])
+        finally:
+            algo.stop()
+    for name, tensor in finals[0].items():
+        assert torch.equal(tensor, finals[1][name]), name
+
+
+@pytest.mark.parametrize(
+    "extra", [["num_env_runners=1"], ["async=true", "num_env_runners=1"], ["torch_threads=2"]]
+)
+def test_overlap_outside_local_mode_is_one_line(tmp_path: Any, extra: list[str]) -> None:
+    from ldmpc.errors import UserError
+
+    with pytest.raises(UserError, match=r"^(overlap|torch_threads)="):
+        tiny_cfg(tmp_path, "overlap=true", *extra)
+
+
 def _check_nonfinite_loss_is_skipped(algo: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A NaN loss skips the step: weights, target Q, Q scale and optimizer state stay put."""
     update = algo.learner_group._learner._updates["default_policy"]  # local mode: in-process
