@@ -100,9 +100,15 @@ def resolve_precision(precision: str, device_type: str) -> tuple[torch.dtype, st
 
 @contextlib.contextmanager
 def compute_precision(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
-    """Autocast to `dtype` on `device` (nothing for fp32)."""
+    """Autocast to `dtype` on `device` (nothing for fp32).
+
+    Without autocast's weight-cast cache: it is one process-wide map behind a mutex, and
+    leaving an autocast region frees its entries under that mutex, which needs the GIL, while
+    another thread entering a cast holds the GIL and waits for the mutex (`overlap=true`
+    deadlocked so, planning beside an update). Compiled graphs make their own casts anyway.
+    """
     if dtype == torch.float32:
         yield
         return
-    with torch.autocast(device_type=device.type, dtype=dtype):
+    with torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False):
         yield
