@@ -284,7 +284,13 @@ class LdmpcAlgorithm(Algorithm):
 
     def _update_thread(self) -> ThreadPoolExecutor:
         if self._updater is None:
-            self._updater = ThreadPoolExecutor(1, thread_name_prefix="ldmpc-update")
+            # OpenMP's thread count is per thread: a new thread would run inductor's and
+            # oneDNN's kernels on every core, against the planning thread
+            threads = torch.get_num_threads()
+            self._updater = ThreadPoolExecutor(
+                1, thread_name_prefix="ldmpc-update", initializer=torch.set_num_threads,
+                initargs=(threads,),
+            )  # fmt: skip
         return self._updater
 
     @property
