@@ -73,9 +73,12 @@ def score(path: Path, start: int, steps: int) -> float:
 def summary_rows(root: Path, tasks: list[str], seeds: list[int], start: int, steps: int) -> list:
     rows: list[dict[str, Any]] = []
     for task in tasks:
-        scores = {
-            v: [score(run_dir(root, task, s, v), start, steps) for s in seeds] for v in VARIANTS
-        }
+        ran = [  # the reference and every other variant with a run of this task on disk
+            v
+            for v in VARIANTS
+            if v == REFERENCE or any(run_dir(root, task, s, v).exists() for s in seeds)
+        ]
+        scores = {v: [score(run_dir(root, task, s, v), start, steps) for s in seeds] for v in ran}
         ref = [x for x in scores[REFERENCE] if np.isfinite(x)]
         for variant, values in scores.items():
             done = [x for x in values if np.isfinite(x)]

@@ -231,8 +231,15 @@ def test_a_full_disk_ends_the_run_in_one_line_and_keeps_the_last_checkpoint(
         assert time.time() < deadline, "no checkpoint at step 100 within 240 s"
         time.sleep(0.2)
     filler = small_disk / "filler"
-    with open(filler, "wb") as fh:  # leave 1 MB: logs fit, a checkpoint (~20 MB) does not
-        os.posix_fallocate(fh.fileno(), 0, shutil.disk_usage(small_disk).free - 1_000_000)
+    with open(filler, "wb") as fh:  # leave ~1 MB: logs fit, a checkpoint (~20 MB) does not
+        size = shutil.disk_usage(small_disk).free - 1_000_000
+        while True:  # the run writes meanwhile: retry smaller when it took some of the space
+            try:
+                os.posix_fallocate(fh.fileno(), 0, size)
+                break
+            except OSError:
+                size -= 1_000_000
+                assert size > 0, "the run filled the disk by itself"
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 2, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
