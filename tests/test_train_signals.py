@@ -121,26 +121,32 @@ def test_sigterm_to_the_whole_process_group_still_checkpoints(tmp_path: Path) ->
     assert not left, f"Ray processes outlived the run: {left}"
 
 
+def _train_inside_slow_eval(tmp: Path, step_delay_s: float) -> subprocess.Popen[str]:
+    """A run whose step-0 evaluation sleeps `step_delay_s` per step (the test-only hook),
+    returned once that evaluation has announced itself."""
+    from ldmpc.evaluate import TEST_STEP_DELAY_ENV
+
+    os.environ[TEST_STEP_DELAY_ENV] = str(step_delay_s)
+    try:
+        proc = _train(tmp, "steps=1000000", "eval_freq=100")
+    finally:
+        del os.environ[TEST_STEP_DELAY_ENV]
+    deadline = time.time() + 240
+    while True:
+        line = proc.stdout.readline()
+        assert line or proc.poll() is None, "the run ended before its evaluation"
+        if TEST_STEP_DELAY_ENV in line:
+            return proc
+        assert time.time() < deadline, "no evaluation within 240 s"
+
+
 @pytest.mark.heavy
 def test_sigterm_inside_an_evaluation_is_answered_and_the_eval_is_owed(tmp_path: Path) -> None:
     """The step-0 evaluation runs (made long by a test-only delay per step) when SIGTERM
     arrives: the run exits within seconds with a checkpoint at step 0, and the resumed run
     evaluates step 0 first, so the curve has no hole."""
-    from ldmpc.evaluate import TEST_STEP_DELAY_ENV
-
     run_dir = tmp_path / "runs" / "mw-reach" / "1" / "default"
-    os.environ[TEST_STEP_DELAY_ENV] = "1.0"  # 100-step episodes: a 100 s evaluation
-    try:
-        proc = _train(tmp_path, "steps=1000000", "eval_freq=100")
-    finally:
-        del os.environ[TEST_STEP_DELAY_ENV]
-    deadline = time.time() + 240
-    while True:  # until the evaluation announces itself
-        line = proc.stdout.readline()
-        assert line or proc.poll() is None, "the run ended before its evaluation"
-        if TEST_STEP_DELAY_ENV in line:
-            break
-        assert time.time() < deadline, "no evaluation within 240 s"
+    proc = _train_inside_slow_eval(tmp_path, 1.0)  # 100-step episodes: a 100 s evaluation
     time.sleep(2.0)
     sent = time.time()
     proc.send_signal(signal.SIGTERM)
@@ -166,21 +172,8 @@ def test_a_second_ctrl_c_exits_at_once_and_says_what_is_not_saved(tmp_path: Path
     """SIGINT inside the step-0 evaluation (slowed by the test-only delay) asks for a graceful
     stop; a second SIGINT before that stop finishes exits at once, code 130, with one line
     saying that nothing of the run is saved, and writes no checkpoint."""
-    from ldmpc.evaluate import TEST_STEP_DELAY_ENV
-
     run_dir = tmp_path / "runs" / "mw-reach" / "1" / "default"
-    os.environ[TEST_STEP_DELAY_ENV] = "3.0"  # each evaluation step sleeps 3 s
-    try:
-        proc = _train(tmp_path, "steps=1000000", "eval_freq=100")
-    finally:
-        del os.environ[TEST_STEP_DELAY_ENV]
-    deadline = time.time() + 240
-    while True:  # until the evaluation announces itself
-        line = proc.stdout.readline()
-        assert line or proc.poll() is None, "the run ended before its evaluation"
-        if TEST_STEP_DELAY_ENV in line:
-            break
-        assert time.time() < deadline, "no evaluation within 240 s"
+    proc = _train_inside_slow_eval(tmp_path, 3.0)  # each evaluation step sleeps 3 s
     proc.send_signal(signal.SIGINT)
     time.sleep(0.5)  # inside the same 3 s evaluation step: the first stop is still pending
     sent = time.time()
