@@ -78,18 +78,16 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
         if _full(err):
             raise DiskFullError(target, _size(target)) from err
         raise
-    written, sink = 0, None
+    sink = None
     try:
         with os.fdopen(fd, "wb") as f:
             sink = _Sink(f)
-            try:
-                yield sink  # type: ignore[misc]
-                f.flush()
-                os.fsync(f.fileno())
-            finally:
-                written = _size(Path(tmp))
+            yield sink  # type: ignore[misc]
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException as err:
+        written = _size(Path(tmp))  # what reached the disk (the file is closed by now)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         cause = sink.error if sink is not None and sink.error is not None else err
