@@ -184,7 +184,8 @@ def hashed_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     unrelated mask (the seed is mixed into the hashed index before a second round). Compile
     with inductor's `fallback_random`, or the seed's draw is inlined into the kernel's loop.
     """
-    seed = torch.randint(0, 2**31, (1,), device=x.device, dtype=torch.int32)
+    # drawn as int64 (the same value): inductor's C++ wrapper cannot pass a dtype to randint
+    seed = torch.randint(0, 2**31, (1,), device=x.device).to(torch.int32)
     index = torch.arange(x.numel(), device=x.device, dtype=torch.int32).view(x.shape)
     threshold = min(round(p * 2**32), 2**32 - 1) - 2**31  # as signed int32 (p < 1)
     keep = _mix32(_mix32(index) ^ seed) >= threshold
@@ -235,7 +236,10 @@ class QEnsemble(nn.Module):
         elif heads.device.type == "cpu" and not torch.compiler.is_compiling():
             idx = heads.tolist()  # host ints: weight views, no copies (and no device sync)
         else:
-            p, idx = {k: v.index_select(0, heads) for k, v in p.items()}, None
+            # gathered along a new leading dim: inductor's rewrite of `index(x, randperm[:k])`
+            # on dim 0 fails to match a constant k (torch 2.13: missing slice_shape)
+            p = {k: v.unsqueeze(0).index_select(1, heads).squeeze(0) for k, v in p.items()}
+            idx = None
         idx = idx if idx is not None else list(range(len(heads)))  # type: ignore[arg-type]
         drop = self.dropout if (self.training if training is None else training) else 0.0
         lead = x.shape[:-1]

@@ -245,7 +245,9 @@ class WorldModel(nn.Module):
         if return_type == "all":
             return self._Qs(x, params, training=training)
         if heads is None:
-            heads = torch.randperm(self.num_q, device=z.device, generator=generator)[:2]
+            # no `generator=None`: inductor's C++ wrapper cannot call randperm.generator
+            kw = {} if generator is None else {"generator": generator}
+            heads = torch.randperm(self.num_q, device=z.device, **kw)[:2]
         q = two_hot_inv(self._Qs(x, params, heads, training), self.num_bins, self.vmin, self.vmax)
         return q.min(0).values if return_type == "min" else q.mean(0)
 
