@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ldmpc.compile import maybe_compile
+from ldmpc.compile import maybe_compile, wrapper_options
 from ldmpc.config import Config
 from ldmpc.envs.multitask import split_task_obs
 from ldmpc.losses import Batch, RunningScale
@@ -39,7 +39,9 @@ class Agent:
             self.model = WorldModel(self.cfg).to(self.device).eval()
         self.scale = RunningScale(self.cfg.tau).to(self.device)
         self.generator = torch.Generator(self.device).manual_seed(int(self.cfg.seed))
-        self._plan = maybe_compile(plan, bool(self.cfg.compile), "plan")
+        self._plan = maybe_compile(
+            plan, bool(cfg.compile), "plan", options=wrapper_options(cfg.overlap, self.device)
+        )
         # An acting-only agent (env runners, evaluation) builds no optimizers; a learner that
         # builds its own `Update` (the RLlib learner) attaches it with `attach_update`.
         self.learn: Update | None = Update(self.model, self.scale, self.cfg) if learn else None

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from ldmpc.compile import LOSS_OPTIONS, CompiledFn, maybe_compile
+from ldmpc.compile import LOSS_OPTIONS, CompiledFn, maybe_compile, wrapper_options
 from ldmpc.errors import UserError
 from ldmpc.losses import Batch, RunningScale, total_loss
 from ldmpc.precision import compute_precision, resolve_precision
@@ -93,8 +93,10 @@ class Update:
         # compile=true: the loss is one graph (forward, and its backward through AOTAutograd;
         # tests/test_compile.py counts zero graph breaks); zeroing, backward() and the two
         # foreach clips stay eager. A wrapper's forward (DDP) compiles its own loss call.
+        device = next(model.parameters()).device
+        options = {**LOSS_OPTIONS, **wrapper_options(cfg.overlap, device)}
         self._loss_fn = loss_fn or maybe_compile(
-            self._model_loss, bool(cfg.compile), "update", options=LOSS_OPTIONS
+            self._model_loss, bool(cfg.compile), "update", options=options
         )
         self._backward_ok = False  # a backward has run (compiled, when compile=true)
 

@@ -3,6 +3,8 @@ split them into many small compiled pieces with eager glue between (docs/design.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -73,3 +75,24 @@ def test_a_backward_that_fails_to_compile_falls_back_to_eager(monkeypatch) -> No
         info = agent.update(_batch(cfg))
     assert info["skipped"] == 0.0 and not agent.learn._loss_fn.active
     assert agent.update(_batch(cfg))["skipped"] == 0.0
+
+
+def test_overlap_compiles_update_and_plan_with_the_cpp_wrapper(monkeypatch) -> None:
+    """overlap=true runs the update and the plan on two threads: both compile under inductor's
+    C++ wrapper, which releases the GIL around the graph. A random op the wrapper cannot call
+    (randint or randperm with a dtype or generator argument) would fall back to eager."""
+    options = []
+    real_compile = torch.compile
+    monkeypatch.setattr(
+        torch,
+        "compile",
+        lambda fn, **kw: options.append(kw.get("options")) or real_compile(fn, **kw),
+    )
+    torch._dynamo.reset()
+    cfg, agent = _agent("compile=true", "overlap=true", "torch_threads=1")
+    assert [o.get("cpp_wrapper") for o in options] == [True, True]  # plan, update
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback warns
+        assert agent.update(_batch(cfg))["skipped"] == 0.0
+        agent.act(torch.randn(2, 5), agent.initial_state(2), torch.ones(2, dtype=torch.bool))
+    assert agent.learn._loss_fn.active and agent._plan.active
