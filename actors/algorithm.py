@@ -270,17 +270,27 @@ class LdmpcAlgorithm(Algorithm):
         n = min(int(self.counters.owed_updates), self.config.max_updates_per_round)
         n = n if learnable else 0
         batches = [self._learn_batch() for _ in range(n)]
-        updating = self._update_thread().submit(self._update_all, batches) if n else None
+        # No second thread until the update and the plan have both run in this process: a
+        # compile ends by restoring the global RNG (dynamo), which would rewind the draws
+        # (dropout) the other thread made meanwhile, a different run each time. Run after the
+        # step instead, the updates give the same numbers (their batches are already drawn).
+        threaded = n and self._compiled_both()
+        updating = self._update_thread().submit(self._update_all, batches) if threaded else None
         sampled = 0
         # as the sync loop: sample while nothing can be learned (no whole episode yet), else
         # only once this round pays the whole backlog
         if can_sample and (not learnable or self.counters.owed_updates - n < 1):
             sampled = self._collect()
-        if updating is not None:
-            self._learned(updating.result())
+        if n:
+            self._learned(updating.result() if updating is not None else self._update_all(batches))
             if self._weights_version - self._synced_version >= self.cfg.sync_every:
                 self._sync_weights()
         self._owe(sampled)
+
+    def _compiled_both(self) -> bool:
+        """The update and the plan have both run in this process (so both are compiled):
+        updates have been made here, and a step after the seed phase was planned."""
+        return self._weights_version > 0 and self.counters.env_steps > self.cfg.seed_steps
 
     def _update_thread(self) -> ThreadPoolExecutor:
         if self._updater is None:

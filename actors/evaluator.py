@@ -83,6 +83,10 @@ class EvalActor:
 
         self.cfg = Config.from_dict(cfg_dict)
         set_threads(self.cfg.torch_threads or 1)  # the driver trains on the other threads
+        # Lowest priority: it runs on the cycles training leaves idle and yields the moment
+        # training wants them (with overlap=true the planning thread idles ~40 % of a round,
+        # waiting for the update thread). At equal priority it took turns with training.
+        os.nice(19)
         self.agent = _acting_agent(self.cfg)
 
     def evaluate(self, state: dict[str, Any], step: int) -> EvalResult:

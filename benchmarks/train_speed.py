@@ -59,6 +59,8 @@ VARIANTS: dict[str, list[str]] = {
     "async_sync4": ["torch_threads=1", "num_env_runners=1", "async_learning=true", "sync_every=4"],
     # updates on a second thread while the driver plans the next step (one core each)
     "overlap": ["overlap=true"],
+    # ... with evaluation in a niced actor, on the cycles the planning thread leaves idle
+    "overlap_eval_parallel": ["overlap=true", "eval_parallel=true"],
     "async_eval_parallel": [
         "torch_threads=1",
         "num_env_runners=1",

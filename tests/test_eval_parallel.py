@@ -105,3 +105,17 @@ def test_an_evaluation_in_flight_at_a_stop_is_done_on_resume(tmp_path: Path) -> 
         _finish(_train(tmp_path, "steps=300", "resume=true", env=ray_env))
     assert [row[0] for row in _csv(run_dir / "eval.csv", "step")] == ["0", "100", "200", "300"]
     assert not load_checkpoint(run_dir / "checkpoints" / "latest.pt")["payload"]["owed_evals"]
+
+
+@pytest.mark.heavy
+def test_an_overlapped_run_evaluates_at_every_eval_step(tmp_path: Path) -> None:
+    """overlap=true evaluates in the driver, between rounds (its two threads joined) or beside
+    training: every evaluation lands, at its step, and none is left owed at the end."""
+    with ray_temp_env("ldev") as ray_env:
+        for where in ("false", "true"):
+            _finish(_train(tmp_path, "steps=300", "overlap=true", f"exp_name={where}",
+                           f"eval_parallel={where}", env=ray_env))  # fmt: skip
+    for where in ("false", "true"):
+        run_dir = tmp_path / "mw-reach" / "1" / where
+        assert [row[0] for row in _csv(run_dir / "eval.csv", "step")] == ["0", "100", "200", "300"]
+        assert not load_checkpoint(run_dir / "checkpoints" / "latest.pt")["payload"]["owed_evals"]
