@@ -83,12 +83,13 @@ def evaluate(
     state = None
     videos: list[list[np.ndarray]] = [[] for _ in range(episodes)]
     slow = float(os.environ.get(TEST_STEP_DELAY_ENV, "0"))
-    if slow:  # test-only: a long evaluation, announced, so a drill can stop the run inside it
-        print(f"{TEST_STEP_DELAY_ENV}: evaluation running", flush=True)
     try:
         while active.any():
             if stop_requested():  # answered within one planning step; the loop owes the eval
                 raise StopRequestedError(f"evaluation of {episodes} episodes")
+            if slow and is_first.all():  # test-only: a long evaluation, announced after the
+                # first stop check, so a signal sent once it is read lands inside the step
+                print(f"{TEST_STEP_DELAY_ENV}: evaluation running", flush=True)
             time.sleep(slow)
             if video_dir is not None:
                 for i, frame in enumerate(_frames(envs) or []):
