@@ -471,6 +471,10 @@ class LdmpcAlgorithm(Algorithm):
             sharing = self.cfg.sync_every == 1 and not self.cfg.overlap
             if group.num_remote_workers() <= 0 and sharing and self._share_with_local_runner():
                 return
+            if group.num_remote_workers() <= 0 and group.local_env_runner.copy_weights(
+                self._local_learner_module(), self._weights_version
+            ):
+                return
             state = {
                 COMPONENT_RL_MODULE: self._module_weights(),
                 WEIGHTS_SEQ_NO: self._weights_version,

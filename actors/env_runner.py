@@ -115,6 +115,26 @@ class LdmpcEnvRunner(SingleAgentEnvRunner):
         self.set_weights_version(version)
         return True
 
+    def copy_weights(self, source: torch.nn.Module, version: int) -> bool:
+        """Copy `source`'s weights (a learner module in this process) into this runner's own
+        tensors in one foreach call; False when their names, shapes, dtypes or devices differ.
+
+        What a local runner that plans while the learner updates (`overlap`, `sync_every` > 1)
+        needs after each update, on the critical path: `load_state_dict` took 2.9 ms at
+        model_size 1, mostly Python per module and per tensor."""
+        if self.module is None:
+            return False
+        own, new = self.module.state_dict(), source.state_dict()
+        if own.keys() != new.keys() or any(
+            (t.shape, t.dtype, t.device) != (new[k].shape, new[k].dtype, new[k].device)
+            for k, t in own.items()
+        ):
+            return False
+        with torch.no_grad():
+            torch._foreach_copy_(list(own.values()), [new[k] for k in own])
+        self.set_weights_version(version)
+        return True
+
     def shares_weights(self, source: torch.nn.Module) -> bool:
         """True while this runner's module holds `source`'s tensors (same storage)."""
         if self.module is None:

@@ -263,6 +263,9 @@ def test_overlap_keeps_the_schedule_and_is_deterministic(local_ray: None, tmp_pa
             learner_module = algo.learner_group._learner.module["default_policy"].unwrapped()
             assert not algo.env_runner.shares_weights(learner_module)
             assert algo.env_runner.get_state()[WEIGHTS_SEQ_NO] == c.updates
+            acting = algo.env_runner.module.state_dict()  # a copy of the latest weights
+            for name, tensor in learner_module.state_dict().items():
+                assert torch.equal(acting[name], tensor), name
             assert algo._updater is not None  # the updates did run on the thread
             finals.append(algo.agent_weights()["model"])
         finally:
