@@ -308,17 +308,20 @@ def _check_nonfinite_loss_is_skipped(algo: Any, monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.mark.heavy
-def test_checkpoint_and_resume_continue_the_run(local_ray: None, tmp_path: Any) -> None:
+@pytest.mark.parametrize("mode", [[], ["overlap=true"]], ids=["sync", "overlap"])
+def test_checkpoint_and_resume_continue_the_run(
+    local_ray: None, tmp_path: Any, mode: list[str]
+) -> None:
     from actors.online import run_training
     from ldmpc.replay import EpisodeReplay, replay_dir
 
-    first = run_training(tiny_cfg(tmp_path, "steps=120"))
+    first = run_training(tiny_cfg(tmp_path, "steps=120", *mode))
     assert not first["interrupted"] and first["eval"] is not None
     assert first["env_steps"] >= 120 and first["updates"] > 0
     assert first["owed_updates"] < 1  # a run pays the updates it owes before it ends
     assert os.path.isfile(first["checkpoint"])
 
-    cfg = tiny_cfg(tmp_path, "steps=220", "resume=true")
+    cfg = tiny_cfg(tmp_path, "steps=220", "resume=true", *mode)
     second = run_training(cfg)
     assert second["env_steps"] >= 220 and second["episodes"] > first["episodes"]
     # The seed phase and its pretraining burst are not repeated after the resume.
@@ -336,7 +339,9 @@ def test_checkpoint_and_resume_continue_the_run(local_ray: None, tmp_path: Any) 
     # Resumed at an eval step without its eval row (a stop between that step's checkpoint and
     # its eval): the owed eval runs first, so the curve has no hole.
     end = second["env_steps"]
-    third = run_training(tiny_cfg(tmp_path, f"steps={end}", "resume=true", f"eval_freq={end}"))
+    third = run_training(
+        tiny_cfg(tmp_path, f"steps={end}", "resume=true", f"eval_freq={end}", *mode)
+    )
     assert third["env_steps"] == end
     assert [line.split(",")[0] for line in _csv_rows(cfg.run_dir, "eval.csv")] == ["0", str(end)]
 
