@@ -70,9 +70,9 @@ class CompiledFn:
         return out
 
 
-# Inductor options for compiled losses: random ops as ATen calls. `ldmpc.nets.hashed_dropout`
-# draws one seed per call; inductor's own random lowering would recompute that draw inside the
-# generated loop, once per vector of elements.
+# Inductor options for compiled losses: random ops as ATen calls, so a compiled loss draws the
+# same numbers as eager code from the same generator state (`ldmpc.nets.dropout`'s random
+# words, the target heads' randperm); inductor's own random lowering would draw per element.
 LOSS_OPTIONS = {"fallback_random": True}
 
 

@@ -26,7 +26,6 @@ __all__ = [
     "QEnsemble",
     "SimNorm",
     "dropout",
-    "hashed_dropout",
     "mish",
     "mlp",
     "two_hot",
@@ -144,51 +143,24 @@ def weight_init(m: nn.Module) -> None:
 
 
 def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Training-mode dropout, fast on a CPU both eagerly and under torch.compile.
+    """Training-mode dropout with the same mask eagerly and under torch.compile (CPU).
 
-    Eager CPU: the mask comes from 64-bit random words (4 x 16 bits): ATen's CPU bernoulli_
-    draws one 32-bit number per element on one thread (3 ms for a 768 x 768 mask here, ~5% of
-    an update); this draws a quarter as many words, with the probability quantised to 1/65536.
-    Compiled CPU: `hashed_dropout` (inductor's own CPU dropout draws each element through a
-    scalar Philox: ~25% of a compiled update). Off the CPU it is plain F.dropout (on a GPU the
-    compiler's fused masks are cheap).
+    The mask comes from 64-bit random words read as 4 x 16 bits, the drop probability
+    quantised to 1/65536: ATen's CPU bernoulli_ draws one 32-bit number per element on one
+    thread (3 ms for a 768 x 768 mask here, ~5 % of an update), and inductor's own CPU dropout
+    draws each element through a scalar Philox inside its loop (~25 % of a compiled update).
+    The words come from `torch.randint` over the whole int64 range, which a compiled graph
+    calls as the ATen op (`LOSS_OPTIONS`' fallback_random), so eager and compiled code draw
+    the same masks from the same generator state (tests compare the two updates). An int32
+    hash of (index, drawn seed) was faster compiled (~0.2 ms per update) but its runs learned
+    less on cartpole-swingup (docs/results.md). Off the CPU it is plain F.dropout.
     """
     if x.device.type != "cpu":
         return F.dropout(x, p, training=True)
-    if torch.compiler.is_compiling():
-        return hashed_dropout(x, p)
     n = x.numel()
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
-    bits = words.random_(-(2**63), None).view(torch.int16)[:n].view(x.shape)
+    words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), device=x.device)
+    bits = words.view(torch.int16)[:n].view(x.shape)
     keep = bits >= int(-32768 + round(p * 65536))
-    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
-
-
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (xor-shift / multiply rounds) of int32 tensors. Products wrap
-    modulo 2^32; the masks after each shift make torch's arithmetic shift a logical one."""
-    x = x ^ ((x >> 16) & 0xFFFF)
-    x = x * 0x7FEB352D
-    x = x ^ ((x >> 15) & 0x1FFFF)
-    x = x * 0x2C1B3C6D
-    return x ^ ((x >> 16) & 0xFFFF)
-
-
-def hashed_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Dropout whose mask is a hash of (element index, one random 31-bit seed).
-
-    One scalar draw from torch's generator per call; the rest is int32 arithmetic that the
-    compiler fuses and vectorises with the surrounding kernel (measured here, one thread,
-    768 x 384, compiled: 0.27 ms vs 2.45 ms for F.dropout, 0.11 ms for a plain multiply).
-    Each element is kept with probability 1 - p (quantised to 2^-32); a new seed gives an
-    unrelated mask (the seed is mixed into the hashed index before a second round). Compile
-    with inductor's `fallback_random`, or the seed's draw is inlined into the kernel's loop.
-    """
-    # drawn as int64 (the same value): inductor's C++ wrapper cannot pass a dtype to randint
-    seed = torch.randint(0, 2**31, (1,), device=x.device).to(torch.int32)
-    index = torch.arange(x.numel(), device=x.device, dtype=torch.int32).view(x.shape)
-    threshold = min(round(p * 2**32), 2**32 - 1) - 2**31  # as signed int32 (p < 1)
-    keep = _mix32(_mix32(index) ^ seed) >= threshold
     return x * keep.to(x.dtype) * (1.0 / (1.0 - p))
 
 

@@ -172,20 +172,6 @@ def test_compile_true_falls_back_cleanly_when_the_backend_fails(
     agent.act(torch.randn(2, 5), state)
 
 
-@pytest.mark.slow
-def test_compile_true_with_inductor_matches_eager() -> None:
-    """Real torch.compile on this machine (minutes when the inductor cache is cold)."""
-    eager, compiled = make_agent(), make_agent("compile=true")
-    obs = torch.randn(2, 5)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        a_c, _ = compiled.act(obs, eval_mode=True)
-        info = compiled.update(make_batch(compiled))
-    a_e, _ = eager.act(obs, eval_mode=True)
-    assert torch.isfinite(torch.tensor(info["total_loss"]))
-    torch.testing.assert_close(a_c, a_e, atol=1e-4, rtol=1e-4)
-
-
 def test_loaded_state_keeps_the_configs_learning_rates() -> None:
     """Adam's load_state_dict restores the saved lr; `resume=true lr=...` and PBT mutations
     must win (lr is not part of the checkpoint fingerprint)."""

@@ -124,18 +124,20 @@ def test_mish_without_grad_matches_aten() -> None:
         torch.testing.assert_close(mish(x), F.mish(x), atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("compiled", [False, True])
-def test_hashed_dropout_rate_scale_and_fresh_masks(compiled: bool) -> None:
-    """The compiled CPU dropout: drop rate p, kept values scaled by 1/(1-p), a new mask per
-    call, and no correlation between neighbouring elements."""
-    from ldmpc.nets import hashed_dropout
+def test_compiled_dropout_draws_eagers_mask_and_fresh_masks() -> None:
+    """The CPU dropout: drop rate p, kept values scaled by 1/(1-p), a new mask per call, no
+    correlation between neighbouring elements, and under torch.compile (LOSS_OPTIONS) the
+    very mask eager code draws from the same generator state."""
+    from ldmpc.compile import LOSS_OPTIONS
+    from ldmpc.nets import dropout
 
-    fn = lambda x: hashed_dropout(x, 0.1)  # noqa: E731
-    if compiled:
-        fn = torch.compile(fn, dynamic=False, options={"fallback_random": True})
-    torch.manual_seed(0)
+    fn = lambda x: dropout(x, 0.1)  # noqa: E731
+    compiled = torch.compile(fn, dynamic=False, options=LOSS_OPTIONS)
     x = torch.ones(400, 500)
+    torch.manual_seed(0)
     first, second = fn(x), fn(x)
+    torch.manual_seed(0)
+    assert torch.equal(compiled(x), first) and torch.equal(compiled(x), second)
     for y in (first, second):
         dropped = (y == 0).float().flatten()
         assert abs(dropped.mean().item() - 0.1) < 0.005
