@@ -11,9 +11,14 @@ times; medians and each variant's ratio to the first are printed (docs/design.md
 VMs are noisy, absolute rates mean little). 100k agent steps at a rate r take
 100000 / r / 60 minutes.
 
-Knobs: TS_VARIANTS=name[,name] (from VARIANTS; default before,default: the speed work's
-ratio), TS_STEPS (default 6000; QUICK=1: 3500),
-TS_REPEATS (default 2; QUICK=1: 1).
+"pinned" is `make train` as it was before the speed work: the code of commit TS_PINNED
+(default ef95b4d, the last commit before it), unpacked with `git archive` into a temporary
+folder and run with this venv and that commit's budget. "before" is today's code with the
+speed switches off (fp32, eager); it has kept the eager speed-ups made since.
+
+Knobs: TS_VARIANTS=name[,name] (from VARIANTS or "pinned"; default pinned,before,default:
+the speed work's ratios), TS_PINNED, TS_STEPS (default 6000; QUICK=1: 3500), TS_REPEATS
+(default 2; QUICK=1: 1).
 """
 
 from __future__ import annotations
@@ -47,6 +52,10 @@ MAKE_TRAIN = [
     "precision=auto",
 ]
 SEED_STEPS = 1000
+# `make train` before the speed work (ef95b4d: "One house" done, nothing of it begun): the same
+# budget without the keys that commit did not have yet
+PINNED = "ef95b4d"
+PINNED_ARGS = [a for a in MAKE_TRAIN if not a.startswith(("compile=", "precision="))]
 VARIANTS: dict[str, list[str]] = {
     # `make train` before the speed work: fp32, eager, training waits for every evaluation
     "before": ["compile=false", "precision=fp32"],
@@ -81,34 +90,63 @@ def learning_rate(train_csv: Path) -> float:
     return (end[0] - start[0]) / (end[1] - start[1])
 
 
-def run_variant(name: str, steps: int, work: Path) -> float:
-    """One `ldmpc train` process; its learning-phase steps/s."""
-    args = [*MAKE_TRAIN, f"steps={steps}", *VARIANTS[name]]
+def unpack(commit: str, dest: Path) -> Path:
+    """The tree of `commit` of this repository, unpacked into `dest` (no git state there)."""
+    from ldmpc.errors import UserError
+
+    repo = Path(__file__).resolve().parent.parent
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", commit], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        reason = archive.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        raise UserError(f"TS_PINNED={commit}: git archive failed ({' '.join(reason)})")
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
+
+
+def run_variant(name: str, steps: int, work: Path, pinned_src: Path | None = None) -> float:
+    """One `ldmpc train` process; its learning-phase steps/s. "pinned" runs the code in
+    `pinned_src` (PYTHONPATH first, so its `ldmpc` wins over this checkout's)."""
+    env = dict(os.environ)
+    if name == "pinned":
+        assert pinned_src is not None
+        args = [*PINNED_ARGS, f"steps={steps}"]
+        env["PYTHONPATH"] = os.pathsep.join([str(pinned_src), env.get("PYTHONPATH", "")])
+    else:
+        args = [*MAKE_TRAIN, f"steps={steps}", *VARIANTS[name]]
     exp = f"{name}-{time.monotonic_ns()}"
     cmd = [sys.executable, "-m", "ldmpc.cli", "train", *args]
     cmd += [f"work_dir={work}", f"exp_name={exp}", "progress=false"]
     log = work / f"{exp}.log"
     with open(log, "w") as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
+        proc = subprocess.run(
+            cmd, stdout=out, stderr=subprocess.STDOUT, check=False, env=env,
+            cwd=pinned_src if name == "pinned" else None,
+        )  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(f"variant {name} exited {proc.returncode}; see {log}")
     return learning_rate(work / "cartpole-swingup" / "1" / exp / "train.csv")
 
 
 def main() -> None:
-    names = env_list("TS_VARIANTS", "before,default")
-    unknown = [n for n in names if n not in VARIANTS]
+    names = env_list("TS_VARIANTS", "pinned,before,default")
+    unknown = [n for n in names if n not in VARIANTS and n != "pinned"]
     if unknown:
         from ldmpc.errors import UserError
 
-        raise UserError(f"TS_VARIANTS: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+        known = ", ".join(["pinned", *VARIANTS])
+        raise UserError(f"TS_VARIANTS: unknown {', '.join(unknown)} (known: {known})")
     steps = env_int("TS_STEPS", 3500 if quick() else 6000)
     repeats = env_int("TS_REPEATS", 1 if quick() else 2)
     rates: dict[str, list[float]] = {n: [] for n in names}
+    pinned = os.environ.get("TS_PINNED", PINNED)
     with tempfile.TemporaryDirectory(prefix="train_speed_") as tmp:
+        src = unpack(pinned, Path(tmp) / "pinned-src") if "pinned" in names else None
         for _ in range(repeats):  # alternated: a slow spell of the VM hits every variant
             for name in names:
-                rates[name].append(run_variant(name, steps, Path(tmp)))
+                rates[name].append(run_variant(name, steps, Path(tmp), src))
                 print(f"{name}: {rates[name][-1]:.2f} steps/s", flush=True)
     base = statistics.median(rates[names[0]])
     rows: list[dict[str, Any]] = []
@@ -117,7 +155,9 @@ def main() -> None:
         rows.append(
             {
                 "variant": name,
-                "args": " ".join(VARIANTS[name]) or "(make train)",
+                "args": f"commit {pinned}"
+                if name == "pinned"
+                else " ".join(VARIANTS[name]) or "(make train)",
                 "steps_per_s": rate,
                 "vs_" + names[0]: rate / base,
                 "min_per_100k": 100_000 / rate / 60,

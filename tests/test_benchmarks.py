@@ -246,6 +246,23 @@ def test_train_speed_rates_the_learning_phase_only(tmp_path) -> None:
     )  # the benchmark runs make train's budget
 
 
+def test_train_speed_pins_make_train_as_it_was_before_the_speed_work(tmp_path) -> None:
+    """The "pinned" variant unpacks commit PINNED and runs that commit's own `make train`
+    budget: its Makefile's TRAIN_ARGS are exactly PINNED_ARGS (plus steps)."""
+    import subprocess
+
+    from benchmarks.train_speed import PINNED, PINNED_ARGS, unpack
+
+    repo = Path(__file__).resolve().parents[1]
+    known = subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{PINNED}^{{commit}}"])
+    if known.returncode != 0:
+        pytest.skip(f"commit {PINNED} is not in this clone (shallow?)")
+    src = unpack(PINNED, tmp_path / "src")
+    assert (src / "ldmpc" / "cli.py").exists() and not (src / "ldmpc" / "precision.py").exists()
+    budget = (src / "Makefile").read_text().split("TRAIN_ARGS ?=")[1].split("\nARGS")[0]
+    assert sorted(budget.replace("\\", " ").split()) == sorted([*PINNED_ARGS, "steps=100000"])
+
+
 def test_precision_ab_scores_the_late_evals_and_checks_the_seed_spread(tmp_path) -> None:
     """Synthetic eval.csv files in: per-seed scores over [from, steps], the fp32 mean and
     whether the fast mean lies inside fp32's seed spread out; an unfinished run has no score."""
