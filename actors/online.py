@@ -9,6 +9,7 @@ weights and runs beside training (`actors.evaluator`, eval_parallel=true) or in 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Collection
 from dataclasses import asdict
@@ -17,6 +18,7 @@ from typing import Any
 from actors.algorithm import Counters, LdmpcAlgorithm, build_algorithm
 from actors.evaluator import EvalResult, acting_state, make_evaluator
 from actors.ray_init import init_ray, shutdown_ray
+from ldmpc.checkpoint import StopRequestedError
 from ldmpc.config import Config
 from ldmpc.errors import UserError
 from ldmpc.trainer import Trainer
@@ -84,7 +86,7 @@ class OnlineTrainer(Trainer):
         return algo.can_learn and algo.counters.env_steps >= algo.sample_until
 
     def do_owed_work(self) -> int:
-        self.algo.train()  # no new sample request past sample_until; it pays updates
+        _train(self.algo)  # no new sample request past sample_until; it pays updates
         return self.algo.counters.env_steps  # async: requests in flight may still land
 
     def evaluate(self, step: int) -> EvalResult | None:
@@ -103,7 +105,7 @@ class OnlineTrainer(Trainer):
     def advance(self, until: int) -> int:
         algo = self.algo
         algo.sample_until = until
-        algo.train()
+        _train(algo)
         step = algo.counters.env_steps
         _log_episodes(algo, self.log, self.rate)
         self.log.progress(step, sps=self.rate.steps_per_s(step), upd=algo.counters.updates)
@@ -119,6 +121,14 @@ class OnlineTrainer(Trainer):
 
     def save(self, step: int) -> Any:
         return save(self.algo, self.cfg, owed_evals=self.evaluator.unfinished())
+
+
+def _train(algo: LdmpcAlgorithm) -> None:
+    """One RLlib training step. A stop may abandon a compilation inside it (the first update,
+    the first plan; `ldmpc.compile`): what it counted so far stands, the cut call counted
+    nothing (counters move only after an update or an env step has completed)."""
+    with contextlib.suppress(StopRequestedError):
+        algo.train()
 
 
 class Rate:

@@ -5,15 +5,17 @@ Each phase is one real `ldmpc train` process at the `make train` budget (cartpol
 signalled once its phase is under way, as told by the run's own files or its output:
 - `seed`: the random seed phase (right after the step-0 evaluation's row in eval.csv; the
   first train.csv row comes too late: one 0.5 s training step of random actions reaches the
-  seed phase's end and starts the catch-up updates, whose first call compiles the update, and
-  a stop waits for a compilation that has begun: ~10 s here with a warm cache);
+  seed phase's end and starts the catch-up updates, whose first call compiles the update:
+  that is the `compile` phase);
 - `learn`: learning (train.csv past the seed phase's catch-up, step 1,500);
 - `eval`: the step-0 evaluation in the driver (announced by the test hook
-  LDMPC_TEST_EVAL_STEP_S, here 0.001 s per step, i.e. a real evaluation).
+  LDMPC_TEST_EVAL_STEP_S, here 0.001 s per step, i.e. a real evaluation);
+- `compile`: the update's first compilation, at the seed phase's end (announced by the test
+  hook LDMPC_TEST_ANNOUNCE_COMPILE; a stop abandons it).
 The time includes the final checkpoint, Ray's shutdown and the interpreter's exit. Each
 phase's exit code must be 0 and its checkpoint loadable; a failure raises.
 
-Knobs: SL_PHASES (seed,learn,eval), SL_ARGS (extra key=value, e.g. TD-MPC2's defaults:
+Knobs: SL_PHASES (seed,learn,eval,compile), SL_ARGS (extra key=value, e.g. TD-MPC2's defaults:
 "batch_size=256 num_samples=512 iterations=6 num_elites=64 num_pi_trajs=24").
 """
 
@@ -30,6 +32,7 @@ from typing import Any
 
 from benchmarks.common import append_rows, env_list, run_as_script, table
 from benchmarks.train_speed import MAKE_TRAIN
+from ldmpc.compile import TEST_ANNOUNCE_ENV
 from ldmpc.evaluate import TEST_STEP_DELAY_ENV
 
 STEP_HOOK = TEST_STEP_DELAY_ENV  # announces the evaluation (and slows each step by its value)
@@ -47,9 +50,9 @@ def _started(phase: str, proc: subprocess.Popen[str], run_dir: Path) -> None:
             raise RuntimeError(f"{phase}: the run ended before the phase ({proc.returncode})")
         if time.time() > deadline:
             raise RuntimeError(f"{phase}: not reached in 15 minutes")
-        if phase == "eval":
+        if phase in ("eval", "compile"):
             line = proc.stdout.readline()
-            if STEP_HOOK in line:
+            if (STEP_HOOK if phase == "eval" else f"{TEST_ANNOUNCE_ENV}: compiling update") in line:
                 return
             continue
         if phase == "seed" and _rows(run_dir / "eval.csv") >= 1:
@@ -65,7 +68,8 @@ def measure(phase: str, work: Path, extra: list[str]) -> float:
 
     run = work / phase
     args = [*MAKE_TRAIN, "steps=1000000", f"work_dir={run}", "progress=false", *extra]
-    env = {**os.environ, STEP_HOOK: "0.001"} if phase == "eval" else dict(os.environ)
+    hooks = {"eval": {STEP_HOOK: "0.001"}, "compile": {TEST_ANNOUNCE_ENV: "1"}}
+    env = {**os.environ, **hooks.get(phase, {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ldmpc.cli", "train", *args],
         env=env,
@@ -85,7 +89,7 @@ def measure(phase: str, work: Path, extra: list[str]) -> float:
 
 
 def main() -> None:
-    phases = env_list("SL_PHASES", "seed,learn,eval")
+    phases = env_list("SL_PHASES", "seed,learn,eval,compile")
     extra = os.environ.get("SL_ARGS", "").split()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="stop_latency_") as tmp:

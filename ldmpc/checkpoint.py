@@ -17,6 +17,7 @@ import pickle
 import re
 import signal
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from types import FrameType
@@ -229,6 +230,9 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
 
 
 # ------------------------------------------------------------------------------- signals
+RESTOP_S = 0.5  # how often a stop is raised again inside an abandonable call
+
+
 class GracefulExit:
     """Turn SIGINT/SIGTERM into a flag so a training loop can checkpoint and exit cleanly.
 
@@ -245,6 +249,8 @@ class GracefulExit:
         self.requested = False
         self.signum: int | None = None
         self.installed = False
+        self.abandoning = 0  # depth of abandonable calls the main thread is in
+        self._restopper: threading.Thread | None = None
         self._old: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -255,7 +261,22 @@ class GracefulExit:
             again = " (Ctrl-C again: exit now, without it)" if signum == signal.SIGINT else ""
             os.write(2, f"\nldmpc: {name}: stopping with a final checkpoint{again}\n".encode())
         self.requested = True
-        self.signum = signum
+        self.signum = self.signum or signum
+        if self.abandoning:
+            if self._restopper is None:
+                self._restopper = threading.Thread(target=self._restop, daemon=True)
+                self._restopper.start()
+            raise StopRequestedError(f"{signal.Signals(signum).name} during a long call")
+
+    def _restop(self) -> None:
+        """Deliver SIGTERM again while the main thread is still inside an abandonable call
+        (`abandon_on_stop`): the first raise may have landed where Python drops it."""
+        while True:
+            time.sleep(RESTOP_S)
+            if not self.abandoning or GracefulExit.active is not self:
+                self._restopper = None
+                return
+            os.kill(os.getpid(), signal.SIGTERM)
 
     @property
     def signal_name(self) -> str | None:
@@ -281,6 +302,26 @@ class GracefulExit:
 class StopRequestedError(Exception):
     """A long unit of work inside a training loop (an evaluation) gave up because SIGINT or
     SIGTERM arrived; the loop then checkpoints the last consistent step."""
+
+
+def abandon_on_stop(starting: bool) -> None:
+    """Mark the start (`starting=True`) or end of a call the main thread may abandon at once
+    on SIGINT/SIGTERM: one that can run far longer than a stop may wait (a compilation,
+    10-90 s) and leaves no state half-changed when cut short (`ldmpc.compile`). Inside,
+    the signal handler raises StopRequestedError instead of only setting the flag the loop
+    polls, and re-raises it every RESTOP_S until the call is left (an exception raised in a
+    weakref callback or a __del__ is printed and dropped, so one raise may not arrive). A
+    stop already pending raises at the start. Off the main thread or outside a training loop
+    it does nothing."""
+    active = GracefulExit.active
+    if active is None or threading.current_thread() is not threading.main_thread():
+        return
+    if not starting:
+        active.abandoning = max(0, active.abandoning - 1)
+        return
+    if active.requested:
+        raise StopRequestedError("a stop is pending")
+    active.abandoning += 1
 
 
 def stop_requested() -> bool:

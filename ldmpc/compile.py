@@ -4,21 +4,57 @@ torch.compile fails on some machines (on the 2-core CPU box inductor raised Back
 inside TD-MPC2's compiled update; old GPUs lack Triton support). A run must not die for a speed
 feature: the first failure prints one warning and the function runs eagerly from then on.
 The wrapped functions must be safe to re-run after a partial run (ours zero grads first and
-mutate no state before the caller checks the result).
+mutate no state before the caller checks the result); a stop (SIGINT/SIGTERM) abandons a
+compilation in progress with StopRequestedError.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from ldmpc.checkpoint import StopRequestedError, abandon_on_stop
+
 try:  # narrow the fallback to compiler failures once a compiled call has worked
     from torch._dynamo.exc import TorchDynamoException as _CompilerError
 except ImportError:  # pragma: no cover - torch without dynamo
     _CompilerError = RuntimeError  # type: ignore[misc,assignment]
+
+
+def stop_in(err: BaseException) -> StopRequestedError | None:
+    """The StopRequestedError behind `err` (the compiler wraps what its callbacks raise, e.g.
+    in BackendCompilerFailed), if any."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, StopRequestedError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+TEST_ANNOUNCE_ENV = "LDMPC_TEST_ANNOUNCE_COMPILE"  # tests: a line as a first compile starts
+_callbacks_lock = threading.Lock()
+_callbacks_installed = False
+
+
+def _install_stop_callbacks() -> None:
+    """Let a stop abandon a compilation (~10 s with a warm cache, 60-90 s cold, here): dynamo
+    calls these around every compilation, the lazily compiled backward and recompilations for
+    new shapes included; in between, compiled code runs to its end (`abandon_on_stop`)."""
+    global _callbacks_installed
+    with _callbacks_lock:
+        if _callbacks_installed:
+            return
+        from torch._dynamo.callback import on_compile_end, on_compile_start
+
+        on_compile_start(lambda _args: abandon_on_stop(True))
+        on_compile_end(lambda _args: abandon_on_stop(False))
+        _callbacks_installed = True
 
 
 class CompiledFn:
@@ -37,6 +73,7 @@ class CompiledFn:
         # creation on CUDA (torch 2.11, H100: IndexError in produce_guards), i.e. fell back to
         # eager; static recompiles did not (tests/test_diffusion_agent.py, cuda-inductor).
         compile_kwargs.setdefault("dynamic", False)
+        _install_stop_callbacks()
         self.compiled: Callable[..., Any] | None = torch.compile(fn, **compile_kwargs)
         self.ok_once = False
 
@@ -59,9 +96,13 @@ class CompiledFn:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.compiled is None:
             return self.fn(*args, **kwargs)
+        if not self.ok_once and os.environ.get(TEST_ANNOUNCE_ENV):
+            print(f"{TEST_ANNOUNCE_ENV}: compiling {self.name}", flush=True)
         try:
             out = self.compiled(*args, **kwargs)
         except Exception as err:
+            if (stop := stop_in(err)) is not None:
+                raise stop from None  # abandoned, not failed: no fallback
             if self.ok_once and not isinstance(err, _CompilerError):
                 raise
             self.fall_back(err)

@@ -63,7 +63,8 @@ class Trainer(ABC):
     @abstractmethod
     def advance(self, until: int) -> int:
         """Make some progress without passing step `until`; return the step reached. One call
-        is a short unit of work, so a signal is answered between calls."""
+        is a short unit of work, so a signal is answered between calls; a call that raises
+        StopRequestedError (a stop abandoned a compilation, `ldmpc.compile`) made no step."""
 
     @abstractmethod
     def save(self, step: int) -> Path | None:
@@ -133,7 +134,10 @@ class Trainer(ABC):
                             self._record([(step, result)])
                     if step >= cfg.steps or stop.requested:
                         break
-                    step = self.advance(min(cfg.steps, evals.next_at, checkpoints.next_at))
+                    try:
+                        step = self.advance(min(cfg.steps, evals.next_at, checkpoints.next_at))
+                    except StopRequestedError:  # a compilation cut short: no step made
+                        continue
                     if checkpoints.due(step) and step < cfg.steps:  # the last one: below
                         written = self.save(step)
                         saved = (step, written) if written is not None else saved

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from ldmpc.compile import LOSS_OPTIONS, CompiledFn, maybe_compile, wrapper_options
+from ldmpc.compile import LOSS_OPTIONS, CompiledFn, maybe_compile, stop_in, wrapper_options
 from ldmpc.errors import UserError
 from ldmpc.losses import Batch, RunningScale, total_loss
 from ldmpc.precision import compute_precision, resolve_precision
@@ -114,6 +114,8 @@ class Update:
         try:
             loss.backward()
         except Exception as err:
+            if (stop := stop_in(err)) is not None:  # a stop abandoned its compilation
+                raise stop from None
             # AOTAutograd compiles the backward lazily, at its first call: a compiler failure
             # there surfaces here, outside CompiledFn's own fallback. Run eagerly from now on.
             compiled = self._loss_fn

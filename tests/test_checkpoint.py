@@ -223,3 +223,34 @@ def test_sigterm_writes_a_final_checkpoint_and_exits_cleanly(tmp_path: Path) -> 
     ck = load_checkpoint(latest_checkpoint(tmp_path))
     assert ck["counters"]["signal"] == "SIGTERM"
     assert out == f"saved {ck['counters']['step']}\n"
+
+
+def test_a_stop_inside_an_abandonable_call_raises_at_once_and_again() -> None:
+    """Inside a call marked abandonable (a compilation), SIGTERM raises StopRequestedError
+    from the handler instead of only setting the flag; since Python drops an exception raised
+    in a weakref callback or __del__, it is raised again every RESTOP_S until the call is
+    left. Outside one it only sets the flag; a pending stop refuses to start another."""
+    import time
+
+    from ldmpc.checkpoint import RESTOP_S, StopRequestedError, abandon_on_stop
+
+    with GracefulExit() as stop:
+        abandon_on_stop(True)
+        try:
+            with pytest.raises(StopRequestedError):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            assert stop.requested and stop.signal_name == "SIGTERM"
+            started = time.monotonic()
+            with pytest.raises(StopRequestedError):  # as if the first raise had been dropped
+                time.sleep(5)
+            assert time.monotonic() - started < RESTOP_S + 1.0
+        finally:
+            abandon_on_stop(False)
+        with pytest.raises(StopRequestedError):
+            abandon_on_stop(True)
+        assert stop.abandoning == 0
+    with GracefulExit() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(RESTOP_S * 2)  # outside: a flag, no raise, nothing sent again
+        assert stop.requested and stop.abandoning == 0

@@ -168,6 +168,41 @@ def test_sigterm_inside_an_evaluation_is_answered_and_the_eval_is_owed(tmp_path:
 
 
 @pytest.mark.heavy
+def test_sigterm_during_the_first_compilation_abandons_it(tmp_path: Path) -> None:
+    """compile=true: SIGTERM as the update's first compilation starts (announced by a
+    test-only line) is answered at once, not after the compilation (10-90 s): the run
+    checkpoints the end of its seed phase with no update made, and the resumed run pays the
+    owed updates and goes on."""
+    from ldmpc.compile import TEST_ANNOUNCE_ENV
+
+    run_dir = tmp_path / "runs" / "mw-reach" / "1" / "default"
+    os.environ[TEST_ANNOUNCE_ENV] = "1"
+    try:  # no step-0 evaluation: its plan would be the first compilation
+        proc = _train(tmp_path, "steps=1000000", "compile=true", "eval_freq=0")
+    finally:
+        del os.environ[TEST_ANNOUNCE_ENV]
+    deadline = time.time() + 240
+    while f"{TEST_ANNOUNCE_ENV}: compiling update" not in (line := proc.stdout.readline()):
+        assert line or proc.poll() is None, "the run ended before compiling"
+        assert time.time() < deadline, "no compilation within 240 s"
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    waited = time.time() - sent
+    print(f"stop latency inside a compilation: {waited:.2f} s")
+    assert proc.returncode == 0, out
+    assert "continue with resume=true" in out and "Traceback" not in out, out
+    counters = load_checkpoint(run_dir / "checkpoints" / "latest.pt")["counters"]
+    assert int(counters["env_steps"]) >= 100 and int(counters["updates"]) == 0, counters
+
+    proc = _train(tmp_path, "steps=300", "compile=true", "eval_freq=0", "resume=true")
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out
+    counters = load_checkpoint(run_dir / "checkpoints" / "latest.pt")["counters"]
+    assert int(counters["env_steps"]) >= 300 and int(counters["updates"]) >= 300, counters
+
+
+@pytest.mark.heavy
 def test_a_second_ctrl_c_exits_at_once_and_says_what_is_not_saved(tmp_path: Path) -> None:
     """SIGINT inside the step-0 evaluation (slowed by the test-only delay) asks for a graceful
     stop; a second SIGINT before that stop finishes exits at once, code 130, with one line
