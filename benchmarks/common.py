@@ -166,6 +166,27 @@ def replay_batch(cfg: Any, device: torch.device) -> dict[str, torch.Tensor]:
     }
 
 
+def gemm_gflops(
+    rows: int, width: int, device: torch.device, dtype: torch.dtype, repeats: int
+) -> float:
+    """This machine's matmul rate at a model shape: [rows, width] @ [width, width] in `dtype`
+    (the denominator of a "fraction of the GEMM rate", measured in the same run)."""
+    a = torch.randn(rows, width, device=device, dtype=dtype)
+    b = torch.randn(width, width, device=device, dtype=dtype)
+    ms = interleaved_ms({"mm": lambda: (a @ b, sync(device))}, repeats=repeats)["mm"]
+    return 2 * rows * width * width / (ms * 1e6)
+
+
+def counted_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs torch's counter sees in one call of `fn` (matmuls and convolutions; what a GEMM
+    rate can be compared with)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def random_obs(cfg: Any, num_envs: int, device: Any) -> Any:
     return torch.randn(num_envs, *cfg.obs_shape, device=device)
 

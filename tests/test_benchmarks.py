@@ -305,3 +305,15 @@ def test_soak_verdicts_judge_the_run_after_its_warm_up() -> None:
     creep = passed(_soak_samples([1000] * 10 + [1060], [30] * 10 + [39]))
     assert not creep["RSS growth after warm-up"] and not creep["fds flat"]
     assert not passed(_soak_samples([1000] * 5, [30] * 5, step_files=4))["checkpoint retention"]
+
+
+def test_fractions_of_the_gemm_rate_count_matmul_flops_and_measure_a_rate() -> None:
+    """update_rate / planner_batch divide counted FLOPs by time and by a GEMM rate measured in
+    the same run: the counter gives 2mkn per matmul, the rate is a positive GFLOP/s."""
+    import torch
+
+    from benchmarks.common import counted_flops, gemm_gflops
+
+    a, b = torch.randn(64, 32), torch.randn(32, 16)
+    assert counted_flops(lambda: (a @ b).relu()) == 2 * 64 * 32 * 16
+    assert gemm_gflops(64, 32, torch.device("cpu"), torch.float32, repeats=2) > 0
