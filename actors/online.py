@@ -18,7 +18,7 @@ from typing import Any
 from actors.algorithm import Counters, LdmpcAlgorithm, build_algorithm
 from actors.evaluator import EvalResult, acting_state, make_evaluator
 from actors.ray_init import init_ray, shutdown_ray
-from ldmpc.checkpoint import StopRequestedError
+from ldmpc.checkpoint import StopRequestedError, graceful_exit
 from ldmpc.config import Config
 from ldmpc.errors import UserError
 from ldmpc.trainer import Trainer
@@ -38,16 +38,25 @@ def run_training(cfg: Config, on_eval: EvalHook | None = None) -> dict[str, Any]
     if cfg.data_dir is not None:
         raise UserError("data_dir= is offline training: run it with ldmpc.offline.run_offline")
     set_threads(1 if cfg.overlap else cfg.torch_threads)  # overlap: a core per thread
-    started_ray = init_ray(cfg)
-    algo = build_algorithm(cfg)
-    trainer = OnlineTrainer(algo, cfg, on_eval)
-    try:
-        out = trainer.run()
-    finally:
-        trainer.close()
-        algo.stop()
-        if started_ray:
-            shutdown_ray()
+    # A stop from here on is a flag (Ray's start-up, ~3-7 s here, cannot be cut short): a
+    # stop before the loop ends the run once Ray is up, with nothing to save
+    with graceful_exit() as stop:
+        started_ray = init_ray(cfg)
+        if stop.requested:
+            if started_ray:
+                shutdown_ray()
+            print(f"ldmpc: {stop.signal_name} during start-up: stopped, nothing was trained",
+                  flush=True)  # fmt: skip
+            return {"interrupted": True, "eval": None, "checkpoint": None}
+        algo = build_algorithm(cfg)
+        trainer = OnlineTrainer(algo, cfg, on_eval)
+        try:
+            out = trainer.run()
+        finally:
+            trainer.close()
+            algo.stop()
+            if started_ray:
+                shutdown_ray()
     return {
         **asdict(algo.counters),
         "eval": out.last_eval,

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from ldmpc.checkpoint import announce_for_tests, reinstall_stop_handlers
 from ldmpc.config import Config
 from ldmpc.errors import UserError
 
@@ -74,6 +75,7 @@ def init_ray(cfg: Config) -> bool:
     target = cluster_address(cfg)
     if target is None:
         check_ray_temp_dir()
+        announce_for_tests("starting Ray")
         with _sigterm_blocked():
             ray.init(
                 address="local",  # never a `ray start` cluster found on this machine by chance
@@ -85,9 +87,13 @@ def init_ray(cfg: Config) -> bool:
                 # every worker quiets Ray's lines and picks the GL backend before importing RLlib
                 runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK},
             )
+            # Ray's core worker replaced the run's SIGTERM handler with one that aborts; put
+            # it back before a SIGTERM that came meanwhile is unblocked and delivered
+            reinstall_stop_handlers()
     else:
         label, address = target
         _join(label, address, log_to_driver=log_to_driver, level=quiet)
+        reinstall_stop_handlers()
     try:
         check_resources(cfg, wait_s=0.0 if target is None else CLUSTER_WAIT_S)
     except UserError:

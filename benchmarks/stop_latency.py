@@ -11,12 +11,14 @@ signalled once its phase is under way, as told by the run's own files or its out
 - `eval`: the step-0 evaluation in the driver (announced by the test hook
   LDMPC_TEST_EVAL_STEP_S, here 0.001 s per step, i.e. a real evaluation);
 - `compile`: the update's first compilation, at the seed phase's end (announced by the test
-  hook LDMPC_TEST_ANNOUNCE_COMPILE; a stop abandons it).
+  hook LDMPC_TEST_ANNOUNCE; a stop abandons it);
+- `startup`: the local Ray's start (announced by the same hook; the run ends once Ray is up,
+  with nothing to save, so no checkpoint is expected).
 The time includes the final checkpoint, Ray's shutdown and the interpreter's exit. Each
 phase's exit code must be 0 and its checkpoint loadable; a failure raises.
 
-Knobs: SL_PHASES (seed,learn,eval,compile), SL_ARGS (extra key=value, e.g. TD-MPC2's defaults:
-"batch_size=256 num_samples=512 iterations=6 num_elites=64 num_pi_trajs=24").
+Knobs: SL_PHASES (seed,learn,eval,compile,startup), SL_ARGS (extra key=value, e.g. TD-MPC2's
+defaults: "batch_size=256 num_samples=512 iterations=6 num_elites=64 num_pi_trajs=24").
 """
 
 from __future__ import annotations
@@ -32,10 +34,15 @@ from typing import Any
 
 from benchmarks.common import append_rows, env_list, run_as_script, table
 from benchmarks.train_speed import MAKE_TRAIN
-from ldmpc.compile import TEST_ANNOUNCE_ENV
+from ldmpc.checkpoint import TEST_ANNOUNCE_ENV
 from ldmpc.evaluate import TEST_STEP_DELAY_ENV
 
 STEP_HOOK = TEST_STEP_DELAY_ENV  # announces the evaluation (and slows each step by its value)
+ANNOUNCED = {  # phases a run announces on stdout: the line that says it has begun
+    "eval": STEP_HOOK,
+    "compile": f"{TEST_ANNOUNCE_ENV}: compiling update",
+    "startup": f"{TEST_ANNOUNCE_ENV}: starting Ray",
+}
 
 
 def _rows(path: Path) -> int:
@@ -50,9 +57,8 @@ def _started(phase: str, proc: subprocess.Popen[str], run_dir: Path) -> None:
             raise RuntimeError(f"{phase}: the run ended before the phase ({proc.returncode})")
         if time.time() > deadline:
             raise RuntimeError(f"{phase}: not reached in 15 minutes")
-        if phase in ("eval", "compile"):
-            line = proc.stdout.readline()
-            if (STEP_HOOK if phase == "eval" else f"{TEST_ANNOUNCE_ENV}: compiling update") in line:
+        if phase in ANNOUNCED:
+            if ANNOUNCED[phase] in proc.stdout.readline():
                 return
             continue
         if phase == "seed" and _rows(run_dir / "eval.csv") >= 1:
@@ -68,8 +74,8 @@ def measure(phase: str, work: Path, extra: list[str]) -> float:
 
     run = work / phase
     args = [*MAKE_TRAIN, "steps=1000000", f"work_dir={run}", "progress=false", *extra]
-    hooks = {"eval": {STEP_HOOK: "0.001"}, "compile": {TEST_ANNOUNCE_ENV: "1"}}
-    env = {**os.environ, **hooks.get(phase, {})}
+    hook = {STEP_HOOK: "0.001"} if phase == "eval" else {TEST_ANNOUNCE_ENV: "1"}
+    env = {**os.environ, **(hook if phase in ANNOUNCED else {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ldmpc.cli", "train", *args],
         env=env,
@@ -84,12 +90,13 @@ def measure(phase: str, work: Path, extra: list[str]) -> float:
     seconds = time.perf_counter() - sent
     if proc.returncode != 0:
         raise RuntimeError(f"{phase}: exit {proc.returncode}: {out[-800:]}")
-    load_checkpoint(run / "cartpole-swingup" / "1" / "default" / "checkpoints" / "latest.pt")
+    if phase != "startup":
+        load_checkpoint(run / "cartpole-swingup" / "1" / "default" / "checkpoints" / "latest.pt")
     return seconds
 
 
 def main() -> None:
-    phases = env_list("SL_PHASES", "seed,learn,eval,compile")
+    phases = env_list("SL_PHASES", "seed,learn,eval,compile,startup")
     extra = os.environ.get("SL_ARGS", "").split()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="stop_latency_") as tmp:

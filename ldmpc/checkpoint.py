@@ -252,6 +252,7 @@ class GracefulExit:
         self.abandoning = 0  # depth of abandonable calls the main thread is in
         self._restopper: threading.Thread | None = None
         self._old: dict[int, Any] = {}
+        self._depth = 0
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested and signum == signal.SIGINT:
@@ -283,20 +284,53 @@ class GracefulExit:
         return signal.Signals(self.signum).name if self.signum is not None else None
 
     def __enter__(self) -> GracefulExit:
-        if threading.current_thread() is threading.main_thread():
+        self._depth += 1  # reentrant: a run's set-up and its loop share one (`graceful_exit`)
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():
             for sig in self.signals:
                 self._old[sig] = signal.signal(sig, self._handle)
             self.installed = True
             GracefulExit.active = self
         return self
 
+    def reinstall(self) -> None:
+        """Put this handler back after a library replaced it (Ray's core worker installs a
+        SIGTERM handler that dumps a stack and aborts)."""
+        if self.installed:
+            for sig in self.signals:
+                signal.signal(sig, self._handle)
+
     def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth:
+            return
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old.clear()
         self.installed = False
         if GracefulExit.active is self:
             GracefulExit.active = None
+
+
+TEST_ANNOUNCE_ENV = "LDMPC_TEST_ANNOUNCE"  # tests: a line on stdout as a long phase begins
+
+
+def announce_for_tests(phase: str) -> None:
+    """Stop drills (tests, benchmarks/stop_latency) send their signal once this line is read:
+    "<TEST_ANNOUNCE_ENV>: <phase>", printed only when that variable is set."""
+    if os.environ.get(TEST_ANNOUNCE_ENV):
+        print(f"{TEST_ANNOUNCE_ENV}: {phase}", flush=True)
+
+
+def graceful_exit() -> GracefulExit:
+    """The stop handler already installed in this process (a run's set-up installs it before
+    Ray starts, its loop reuses it), else a new one."""
+    return GracefulExit.active or GracefulExit()
+
+
+def reinstall_stop_handlers() -> None:
+    """After a library installed its own SIGINT/SIGTERM handlers: ours again, if a run's."""
+    if GracefulExit.active is not None:
+        GracefulExit.active.reinstall()
 
 
 class StopRequestedError(Exception):

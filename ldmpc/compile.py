@@ -10,7 +10,6 @@ compilation in progress with StopRequestedError.
 
 from __future__ import annotations
 
-import os
 import threading
 import warnings
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ldmpc.checkpoint import StopRequestedError, abandon_on_stop
+from ldmpc.checkpoint import StopRequestedError, abandon_on_stop, announce_for_tests
 
 try:  # narrow the fallback to compiler failures once a compiled call has worked
     from torch._dynamo.exc import TorchDynamoException as _CompilerError
@@ -37,7 +36,6 @@ def stop_in(err: BaseException) -> StopRequestedError | None:
     return None
 
 
-TEST_ANNOUNCE_ENV = "LDMPC_TEST_ANNOUNCE_COMPILE"  # tests: a line as a first compile starts
 _callbacks_lock = threading.Lock()
 _callbacks_installed = False
 
@@ -96,8 +94,8 @@ class CompiledFn:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.compiled is None:
             return self.fn(*args, **kwargs)
-        if not self.ok_once and os.environ.get(TEST_ANNOUNCE_ENV):
-            print(f"{TEST_ANNOUNCE_ENV}: compiling {self.name}", flush=True)
+        if not self.ok_once:
+            announce_for_tests(f"compiling {self.name}")
         try:
             out = self.compiled(*args, **kwargs)
         except Exception as err:

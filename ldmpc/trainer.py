@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ldmpc.cadence import Every, eval_cadence
-from ldmpc.checkpoint import GracefulExit, StopRequestedError, latest_checkpoint
+from ldmpc.checkpoint import StopRequestedError, graceful_exit, latest_checkpoint
 from ldmpc.errors import RunInterrupted, UserError
 from ldmpc.logging import RunLogger
 
@@ -119,7 +119,7 @@ class Trainer(ABC):
         step, path = start, None
         saved = (start, latest_checkpoint(cfg.run_dir)) if resumed else None
         try:
-            with GracefulExit() as stop:
+            with graceful_exit() as stop:  # the set-up's, when it installed one
                 while True:
                     self._record(self.landed_evals(0.0))
                     if not stop.requested and self.owes_work():

@@ -254,3 +254,21 @@ def test_a_stop_inside_an_abandonable_call_raises_at_once_and_again() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(RESTOP_S * 2)  # outside: a flag, no raise, nothing sent again
         assert stop.requested and stop.abandoning == 0
+
+
+def test_a_runs_set_up_and_loop_share_one_stop_handler() -> None:
+    """`graceful_exit()` reuses the handler a run's set-up installed (before Ray starts), so a
+    stop then is still seen by the loop; `reinstall_stop_handlers` puts it back after a library
+    (Ray's core worker) replaced it; leaving the outer block restores the old handlers."""
+    from ldmpc.checkpoint import graceful_exit, reinstall_stop_handlers
+
+    before = signal.getsignal(signal.SIGTERM)
+    with graceful_exit() as outer:
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as a library's own handler would
+        reinstall_stop_handlers()
+        with graceful_exit() as inner:
+            assert inner is outer and inner.requested
+        assert signal.getsignal(signal.SIGTERM) == outer._handle  # still installed
+        os.kill(os.getpid(), signal.SIGTERM)  # the default action would end the test run
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -167,24 +167,55 @@ def test_sigterm_inside_an_evaluation_is_answered_and_the_eval_is_owed(tmp_path:
     assert steps == [0, 100]
 
 
+def _train_until(
+    tmp: Path, phase: str, *extra: str, own_group: bool = False
+) -> subprocess.Popen[str]:
+    """A run returned once it announced `phase` (the test-only LDMPC_TEST_ANNOUNCE line)."""
+    from ldmpc.checkpoint import TEST_ANNOUNCE_ENV
+
+    os.environ[TEST_ANNOUNCE_ENV] = "1"
+    try:
+        proc = _train(tmp, *extra, own_group=own_group)
+    finally:
+        del os.environ[TEST_ANNOUNCE_ENV]
+    deadline = time.time() + 240
+    while f"{TEST_ANNOUNCE_ENV}: {phase}" not in (line := proc.stdout.readline()):
+        assert line or proc.poll() is None, f"the run ended before {phase}"
+        assert time.time() < deadline, f"no {phase} within 240 s"
+    return proc
+
+
+@pytest.mark.heavy
+def test_sigterm_while_ray_starts_ends_the_run_cleanly(tmp_path: Path) -> None:
+    """SIGTERM while the local Ray starts (blocked in the driver then, so that Ray's processes
+    inherit the shield) is delivered once Ray is up, to the run's handler, not to the one
+    Ray's core worker installs (it dumped a stack and aborted, exit 134): exit 0, one line,
+    no checkpoint (nothing was trained), no Ray process left."""
+    run_dir = tmp_path / "runs" / "mw-reach" / "1" / "default"
+    proc = _train_until(tmp_path, "starting Ray", "steps=1000000", own_group=True)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    print(f"stop latency while Ray starts: {time.time() - sent:.2f} s")
+    assert proc.returncode == 0, out
+    assert "SIGTERM during start-up: stopped, nothing was trained" in out, out
+    assert "SIGTERM received" not in out and "Traceback" not in out, out
+    assert not (run_dir / "checkpoints" / "latest.pt").exists()
+    left = subprocess.run(["pgrep", "-f", _RAY_DIRS[-1]], capture_output=True, text=True).stdout
+    assert not left, f"Ray processes outlived the run: {left}"
+
+
 @pytest.mark.heavy
 def test_sigterm_during_the_first_compilation_abandons_it(tmp_path: Path) -> None:
     """compile=true: SIGTERM as the update's first compilation starts (announced by a
     test-only line) is answered at once, not after the compilation (10-90 s): the run
     checkpoints the end of its seed phase with no update made, and the resumed run pays the
     owed updates and goes on."""
-    from ldmpc.compile import TEST_ANNOUNCE_ENV
-
     run_dir = tmp_path / "runs" / "mw-reach" / "1" / "default"
-    os.environ[TEST_ANNOUNCE_ENV] = "1"
-    try:  # no step-0 evaluation: its plan would be the first compilation
-        proc = _train(tmp_path, "steps=1000000", "compile=true", "eval_freq=0")
-    finally:
-        del os.environ[TEST_ANNOUNCE_ENV]
-    deadline = time.time() + 240
-    while f"{TEST_ANNOUNCE_ENV}: compiling update" not in (line := proc.stdout.readline()):
-        assert line or proc.poll() is None, "the run ended before compiling"
-        assert time.time() < deadline, "no compilation within 240 s"
+    # no step-0 evaluation: its plan would be the first compilation
+    proc = _train_until(
+        tmp_path, "compiling update", "steps=1000000", "compile=true", "eval_freq=0"
+    )
     sent = time.time()
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
