@@ -16,10 +16,12 @@ Results go to `<work_dir>/tune/<sweep file stem>/`; the best trial is printed at
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,18 +45,45 @@ def run_sweep(path: str, overrides: list[str]) -> int:
         raise UserError(f"work_dir: {spec.storage_path} is not a writable directory")
     import ray
 
-    from actors.ray_init import init_ray
+    from actors.ray_init import init_ray, shutdown_ray
     from ldmpc.config import parse
 
     started = init_ray(parse(spec.base))
     try:
         if started and not spec.base.get("address") and not os.environ.get("RAY_ADDRESS"):
             check_trial_resources(spec, ray.cluster_resources())  # a cluster may autoscale
-        results = _tuner(spec).fit()
+        with _sigterm_stops_tune() as stopped:
+            results = _tuner(spec).fit()
     finally:
         if started:
-            ray.shutdown()
+            shutdown_ray()  # at once: Ray's graceful wait is ~1 s per process
+    if stopped:
+        where = os.path.join(spec.storage_path, spec.name)
+        print(f"ldmpc: {stopped[0]}: the sweep stopped; the trials' results so far are in {where}")
+        return 0
     return report_best(spec, results)
+
+
+@contextlib.contextmanager
+def _sigterm_stops_tune() -> Iterator[list[str]]:
+    """SIGTERM ends the sweep the way Ctrl-C does in Tune (its handler for SIGINT and SIGUSR1:
+    stop the trials, save the experiment state, return from fit()). Without this, the SIGTERM
+    handler Ray's core worker installs dumped a stack and aborted the driver. Yields a list that
+    names the signal once one came (a Ctrl-C is Tune's own: the best trial so far is printed)."""
+    import signal
+
+    stopped: list[str] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        if not stopped:
+            stopped.append(signal.Signals(signum).name)
+            signal.raise_signal(signal.SIGUSR1)  # Tune's graceful stop (installed by fit())
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield stopped
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def check_trial_resources(spec: SweepSpec, have: dict[str, float]) -> None:

@@ -212,3 +212,39 @@ def test_pbt_sweep_clones_checkpoints_with_mutated_lr(
         assert ckpt["counters"]["env_steps"] == 100
         assert ckpt["payload"]["agent"]["pi_optim"]["param_groups"][0]["lr"] == pytest.approx(lr)
         assert (trial / "mw-reach" / "1" / "default" / "replay").is_dir()
+
+
+@pytest.mark.heavy
+def test_sigterm_stops_the_sweep_like_ctrl_c(tmp_path: Path) -> None:
+    """SIGTERM to `ldmpc tune` (a real subprocess, trials running) ends the sweep the way
+    Ctrl-C does in Tune: trials stopped, experiment state saved, exit 0 with one line saying
+    where the results are; Ray's own SIGTERM handler (a stack dump, then abort) never runs and
+    no Ray process is left."""
+    import signal
+    import subprocess
+    import time
+
+    base = TINY_BASE.replace("steps: 200", "steps: 100000")
+    path = _write(tmp_path, base + LR + "num_samples: 2\n", "long_sweep.yaml")
+    exp = tmp_path / "tune" / "long_sweep"
+    with ray_temp_env("ldtune") as ray_env:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ldmpc.cli", "tune", str(path), f"work_dir={tmp_path}"],
+            env={**os.environ, **ray_env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        deadline = time.time() + 300
+        reports = lambda: [len(f.read_text().splitlines()) for f in exp.glob("*/result.json")]  # noqa: E731
+        while max(reports(), default=0) < 2:
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.time() < deadline, "no trial reported twice within 300 s"
+            time.sleep(0.5)
+        sent = time.time()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+        print(f"stop latency of a sweep: {time.time() - sent:.2f} s")
+        assert proc.returncode == 0, out
+        assert f"SIGTERM: the sweep stopped; the trials' results so far are in {exp}" in out, out
+        assert "SIGTERM received" not in out and "Traceback" not in out, out
+        left = subprocess.run(["pgrep", "-f", ray_env["RAY_TMPDIR"]], capture_output=True)
+        assert not left.stdout, left.stdout
