@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ldmpc.compile import maybe_compile, wrapper_options
+from ldmpc.compile import maybe_compile, plan_compile_kwargs
 from ldmpc.config import Config
 from ldmpc.envs.multitask import split_task_obs
 from ldmpc.losses import Batch, RunningScale
@@ -40,8 +40,9 @@ class Agent:
         self.scale = RunningScale(self.cfg.tau).to(self.device)
         self.generator = torch.Generator(self.device).manual_seed(int(self.cfg.seed))
         self._plan = maybe_compile(
-            plan, bool(cfg.compile), "plan", options=wrapper_options(cfg.overlap, self.device)
+            plan, bool(cfg.compile), "plan", **plan_compile_kwargs(cfg.overlap, self.device)
         )
+        self._cuda_graphs = bool(cfg.compile) and self.device.type == "cuda"
         # An acting-only agent (env runners, evaluation) builds no optimizers; a learner that
         # builds its own `Update` (the RLlib learner) attaches it with `attach_update`.
         self.learn: Update | None = Update(self.model, self.scale, self.cfg) if learn else None
@@ -98,9 +99,13 @@ class Agent:
             prev_mean = (state if state is not None else self.initial_state(E))["mean"]
             prev_mean = prev_mean.to(self.device)
             mask = self.model.action_mask(task)
+            if self._cuda_graphs:  # a new decision: the last one's graph outputs may go
+                torch.compiler.cudagraph_mark_step_begin()
             action, mean = self._plan(
                 self.model, z, prev_mean, is_first, self.cfg, eval_mode, noise, None, mask, task
             )
+            if self._cuda_graphs:  # the next replay overwrites a graph's outputs
+                action, mean = action.clone(), mean.clone()
         return action.float(), {"mean": mean.float()}
 
     # ------------------------------------------------------------------ learning

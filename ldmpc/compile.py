@@ -127,6 +127,16 @@ def wrapper_options(threaded: bool, device: torch.device) -> dict[str, Any]:
     return {"cpp_wrapper": True} if threaded and device.type == "cpu" else {}
 
 
+def plan_compile_kwargs(threaded: bool, device: torch.device) -> dict[str, Any]:
+    """torch.compile arguments for the plan. On CUDA, inductor's CUDA graphs (mode
+    "reduce-overhead"): a decision is hundreds of small kernels, each a launch, and a graph
+    replays them all in one (its outputs are then overwritten by the next replay: the caller
+    copies them, `ldmpc.agent.Agent.act`). On a CPU, `wrapper_options`."""
+    if device.type == "cuda":
+        return {"mode": "reduce-overhead"}
+    return {"options": wrapper_options(threaded, device)}
+
+
 def maybe_compile(
     fn: Callable[..., Any], enabled: bool, name: str, **compile_kwargs: Any
 ) -> Callable[..., Any]:

@@ -128,3 +128,40 @@ def test_compiled_update_and_plan_compute_what_eager_code_computes() -> None:
         # Adam divides by the gradient's root mean square: float-rounding differences in a
         # near-zero gradient move a weight by up to a few 1e-6; one step moves it by lr=3e-4
         torch.testing.assert_close(p_c, p_e, atol=3e-5, rtol=1e-5, msg=name)
+
+
+def test_the_plan_compiles_with_cuda_graphs_on_cuda_only() -> None:
+    """On CUDA the plan is compiled with mode="reduce-overhead" (CUDA graphs; the agent copies
+    a decision's outputs before the next replay overwrites them); on a CPU with inductor
+    options (the C++ wrapper when it shares the process with an update thread)."""
+    from ldmpc.compile import plan_compile_kwargs
+
+    assert plan_compile_kwargs(False, torch.device("cuda")) == {"mode": "reduce-overhead"}
+    assert plan_compile_kwargs(True, torch.device("cpu")) == {"options": {"cpp_wrapper": True}}
+    assert plan_compile_kwargs(False, torch.device("cpu")) == {"options": {}}
+    _, agent = _agent("compile=true")
+    assert agent._plan.active and not agent._cuda_graphs
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_plans_equal_eager_plans_and_outlive_the_next_replay() -> None:
+    """The CUDA-graph plan gives eager's actions from the same generator state, and an earlier
+    decision's outputs are not overwritten by later replays (the agent copies them)."""
+    cfg = config.derive(config.parse([*BUDGET, "precision=fp32"]), (5,), 2)
+    cfg_compiled = config.derive(config.parse([*BUDGET, "precision=fp32", "compile=true"]), (5,), 2)
+    eager, graphed = Agent(cfg, "cuda"), Agent(cfg_compiled, "cuda")
+    obs = torch.randn(3, 5, device="cuda")
+    kept = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(4):
+            eager.generator.manual_seed(i)
+            graphed.generator.manual_seed(i)
+            action_e, state_e = eager.act(obs)
+            action_g, state_g = graphed.act(obs)
+            kept.append((action_g, state_g["mean"], action_e, state_e["mean"]))
+    assert graphed._cuda_graphs and graphed._plan.active
+    for action_g, mean_g, action_e, mean_e in kept:  # still what each call returned
+        torch.testing.assert_close(action_g, action_e, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(mean_g, mean_e, atol=1e-4, rtol=1e-4)
