@@ -15,7 +15,7 @@ CHECKS=("$@")
 check() {  # name: one check, its output teed to $OUT/<name>.log
     case "$1" in
         tests) timeout 300 python3 -m pytest -q -rs -m gpu -p no:cacheprovider \
-                   tests/test_diffusion.py tests/test_diffusion_agent.py ;;
+                   tests/test_diffusion.py tests/test_diffusion_agent.py tests/test_compile.py ;;
         step_cost) timeout 150 python3 -m benchmarks step_cost ;;
         diffusion_bench) timeout 40 python3 -m ldmpc.diffusion.bench 1 1 cuda ;;
         planner_batch) timeout 170 python3 -m benchmarks planner_batch ;;
