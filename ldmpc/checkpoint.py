@@ -187,6 +187,9 @@ def _step_files(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
     return sorted((int(m.group(1)), p) for m, p in found if m)
 
 
+TEST_SAVE_DELAY_ENV = "LDMPC_TEST_SAVE_DELAY_S"  # tests: seconds a checkpoint write pauses
+
+
 def save_run_checkpoint(
     run_dir: str | os.PathLike[str],
     step: int,
@@ -206,6 +209,9 @@ def save_run_checkpoint(
     path = save_checkpoint(
         folder / f"step_{int(step)}.pt", payload, fingerprint=fingerprint, counters=counters
     )
+    if delay := float(os.environ.get(TEST_SAVE_DELAY_ENV, "0")):  # tests: a slow write, with
+        print(f"{TEST_SAVE_DELAY_ENV}: between {path.name} and latest.pt", flush=True)  # a line
+        time.sleep(delay)
     atomic_copy(path, folder / "latest.pt")
     for _, old in _step_files(run_dir)[:-keep]:
         old.unlink(missing_ok=True)

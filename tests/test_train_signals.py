@@ -234,6 +234,40 @@ def test_sigterm_during_the_first_compilation_abandons_it(tmp_path: Path) -> Non
 
 
 @pytest.mark.heavy
+def test_sigterm_during_a_checkpoint_write_finishes_it_then_stops(tmp_path: Path) -> None:
+    """SIGTERM while a periodic checkpoint is being written (paused by a test-only delay
+    between its step file and latest.pt): the write completes, the final checkpoint follows,
+    exit 0; no temp file is left, latest.pt is the newest step, and resume continues."""
+    from ldmpc.atomic import is_temp_file
+    from ldmpc.checkpoint import TEST_SAVE_DELAY_ENV, latest_checkpoint
+
+    run_dir = tmp_path / "runs" / "mw-reach" / "1" / "default"
+    os.environ[TEST_SAVE_DELAY_ENV] = "2"
+    try:
+        proc = _train(tmp_path, "steps=1000000", "checkpoint_freq=200")
+    finally:
+        del os.environ[TEST_SAVE_DELAY_ENV]
+    deadline = time.time() + 240
+    while f"{TEST_SAVE_DELAY_ENV}: between step_200.pt" not in (line := proc.stdout.readline()):
+        assert line or proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.time() < deadline, "no checkpoint within 240 s"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "continue with resume=true" in out, out
+    folder = run_dir / "checkpoints"
+    assert not [f.name for f in folder.iterdir() if is_temp_file(f.name)]
+    newest = latest_checkpoint(run_dir)
+    stopped_at = int(load_checkpoint(folder / "latest.pt")["counters"]["env_steps"])
+    assert newest is not None and newest.name == f"step_{stopped_at}.pt" and stopped_at >= 200
+
+    proc = _train(tmp_path, f"steps={stopped_at + 100}", "resume=true")
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out
+    assert int(load_checkpoint(folder / "latest.pt")["counters"]["env_steps"]) >= stopped_at + 100
+
+
+@pytest.mark.heavy
 def test_a_second_ctrl_c_exits_at_once_and_says_what_is_not_saved(tmp_path: Path) -> None:
     """SIGINT inside the step-0 evaluation (slowed by the test-only delay) asks for a graceful
     stop; a second SIGINT before that stop finishes exits at once, code 130, with one line
