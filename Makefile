@@ -3,13 +3,15 @@ PY      := .venv/bin/python
 PYTEST  := .venv/bin/pytest
 RUFF    := .venv/bin/ruff
 # CPU budget for `make train` (docs/design.md §3.4: TD-MPC2's defaults cost ~0.3 s per agent step on
-# this 2-core CPU), compiled, in bf16 where the CPU multiplies bf16 clearly faster (precision=auto;
-# docs/results.md: 1.46x the fp32 eager loop). Every changed key is spelled out here; a GPU run
-# uses the full defaults:
+# this 2-core CPU), compiled, in bf16 where the CPU multiplies bf16 clearly faster (precision=auto),
+# updates on a second thread while the driver plans, evaluation in a niced actor beside training
+# (docs/results.md: 2.4x make train before the speed work; 40 min per 100k steps here). Every
+# changed key is spelled out here; a GPU run uses the full defaults:
 #   make train TRAIN_ARGS="task=cartpole-swingup device=cuda"
 TRAIN_ARGS ?= task=cartpole-swingup model_size=1 batch_size=64 iterations=2 num_samples=128 \
               num_elites=16 num_pi_trajs=8 seed_steps=1000 steps=100000 eval_freq=2500 \
-              eval_episodes=4 checkpoint_freq=2500 compile=true precision=auto
+              eval_episodes=4 checkpoint_freq=2500 compile=true precision=auto \
+              overlap=true eval_parallel=true
 ARGS   ?=
 B      ?=
 QUICK  ?=

@@ -25,16 +25,21 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import RESULTS, append_rows, env_int, env_list, run_as_script, table
-from benchmarks.train_speed import MAKE_TRAIN
+from benchmarks.train_speed import MAKE_TRAIN, SYNC
 
-VARIANTS = {
-    "fp32-eager": ["precision=fp32", "compile=false"],
-    "bf16-compile": ["precision=bf16", "compile=true"],
+VARIANTS = {  # the runs are sync (one thread of work, evaluation inline) unless said
+    "fp32-eager": ["precision=fp32", "compile=false", *SYNC],
+    "bf16-compile": ["precision=bf16", "compile=true", *SYNC],
     # compiled in fp32: separates the compiler's changes from bf16's
-    "fp32-compile": ["precision=fp32", "compile=true"],
-    # make train's fast settings with the updates on a second thread (the learning does not
-    # depend on the cores given: rounds are reproducible, so one core per run will do)
-    "bf16-compile-overlap": ["precision=bf16", "compile=true", "overlap=true"],
+    "fp32-compile": ["precision=fp32", "compile=true", *SYNC],
+    # make train's settings: the updates on a second thread (the learning does not depend on
+    # the cores given: rounds are reproducible, so one core per run will do)
+    "bf16-compile-overlap": [
+        "precision=bf16",
+        "compile=true",
+        "overlap=true",
+        "eval_parallel=false",
+    ],
 }
 REFERENCE = "fp32-eager"
 

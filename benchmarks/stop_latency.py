@@ -74,6 +74,8 @@ def measure(phase: str, work: Path, extra: list[str]) -> float:
 
     run = work / phase
     args = [*MAKE_TRAIN, "steps=1000000", f"work_dir={run}", "progress=false", *extra]
+    if phase == "eval":  # the evaluation in the driver, where the hook announces it
+        args.append("eval_parallel=false")
     hook = {STEP_HOOK: "0.001"} if phase == "eval" else {TEST_ANNOUNCE_ENV: "1"}
     env = {**os.environ, **(hook if phase in ANNOUNCED else {})}
     proc = subprocess.Popen(

@@ -50,31 +50,43 @@ MAKE_TRAIN = [
     "checkpoint_freq=2500",
     "compile=true",
     "precision=auto",
+    "overlap=true",
+    "eval_parallel=true",
 ]
 SEED_STEPS = 1000
 # `make train` before the speed work (ef95b4d: "One house" done, nothing of it begun): the same
 # budget without the keys that commit did not have yet
 PINNED = "ef95b4d"
-PINNED_ARGS = [a for a in MAKE_TRAIN if not a.startswith(("compile=", "precision="))]
+PINNED_ARGS = [
+    a
+    for a in MAKE_TRAIN
+    if not a.startswith(("compile=", "precision=", "overlap=", "eval_parallel="))
+]
+SYNC = ["overlap=false", "eval_parallel=false"]  # one thread of work at a time, eval inline
 VARIANTS: dict[str, list[str]] = {
-    # `make train` before the speed work: fp32, eager, training waits for every evaluation
-    "before": ["compile=false", "precision=fp32"],
-    "default": [],  # what `make train` runs now: compiled, bf16 where the CPU has it
-    "eval_parallel": ["eval_parallel=true"],  # evaluation in an actor beside training
-    "threads1": ["torch_threads=1"],  # one process, one torch thread: one core idles
+    # today's code with the speed switches off: fp32, eager, training waits for every evaluation
+    "before": ["compile=false", "precision=fp32", *SYNC],
+    "default": [],  # what `make train` runs now (compiled, bf16 where it pays, overlap)
+    # make train until session 18: compiled + bf16, updates and planning in turn, eval inline
+    "sync": SYNC,
+    "eval_parallel": ["overlap=false"],  # evaluation in an actor beside a sync loop
+    "threads1": [*SYNC, "torch_threads=1"],  # one process, one torch thread: one core idles
     # acting on a remote runner while the driver learns: one core each
-    "async": ["torch_threads=1", "num_env_runners=1", "async_learning=true"],
+    "async": [*SYNC, "torch_threads=1", "num_env_runners=1", "async_learning=true"],
     # the learner spent 16 % of its time handing weights over after every update (py-spy)
-    "async_sync4": ["torch_threads=1", "num_env_runners=1", "async_learning=true", "sync_every=4"],
-    # updates on a second thread while the driver plans the next step (one core each)
-    "overlap": ["overlap=true"],
-    # ... with evaluation in a niced actor, on the cycles the planning thread leaves idle
-    "overlap_eval_parallel": ["overlap=true", "eval_parallel=true"],
-    "async_eval_parallel": [
+    "async_sync4": [
+        *SYNC,
         "torch_threads=1",
         "num_env_runners=1",
         "async_learning=true",
-        "eval_parallel=true",
+        "sync_every=4",
+    ],
+    "overlap": ["eval_parallel=false"],  # updates on a second thread, evaluation inline
+    "async_eval_parallel": [
+        "overlap=false",
+        "torch_threads=1",
+        "num_env_runners=1",
+        "async_learning=true",
     ],
 }
 

@@ -178,8 +178,8 @@ class Config:
     overlap: bool = _f(
         False,
         "local mode: run the owed updates on a second thread while the next step is planned "
-        "(one torch thread each; updates sample replay as of the step before). With "
-        "eval_parallel=true: 1.11-1.18x make train's steps/s here (docs/results.md)",
+        "(one torch thread each; updates sample replay as of the step before). make train "
+        "turns it on with eval_parallel=true: 1.25x the sync loop here (docs/results.md)",
     )
     max_update_lag: int = _f(
         64, "async: the most updates learning may fall behind the env steps (utd_ratio x steps)"
