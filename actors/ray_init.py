@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ldmpc.checkpoint import announce_for_tests, reinstall_stop_handlers
 from ldmpc.config import Config
 from ldmpc.errors import UserError
 
@@ -63,6 +62,7 @@ def init_ray(cfg: Config) -> bool:
     import ray
 
     from actors.worker_setup import quiet_ray_logs
+    from ldmpc.checkpoint import announce_for_tests, reinstall_stop_handlers
 
     if ray.is_initialized():
         return False
@@ -75,7 +75,6 @@ def init_ray(cfg: Config) -> bool:
     target = cluster_address(cfg)
     if target is None:
         check_ray_temp_dir()
-        announce_for_tests("starting Ray")
         with _sigterm_blocked():
             ray.init(
                 address="local",  # never a `ray start` cluster found on this machine by chance
@@ -87,9 +86,11 @@ def init_ray(cfg: Config) -> bool:
                 # every worker quiets Ray's lines and picks the GL backend before importing RLlib
                 runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK},
             )
-            # Ray's core worker replaced the run's SIGTERM handler with one that aborts; put
-            # it back before a SIGTERM that came meanwhile is unblocked and delivered
+            # ray.init replaced the run's SIGTERM handler (its driver's exits with code 15, its
+            # core worker's dumps a stack and aborts); put it back before the main thread's
+            # shield comes off. (A SIGTERM *during* ray.init, ~3 s, still meets Ray's own.)
             reinstall_stop_handlers()
+        announce_for_tests("Ray is up")
     else:
         label, address = target
         _join(label, address, log_to_driver=log_to_driver, level=quiet)

@@ -12,8 +12,8 @@ signalled once its phase is under way, as told by the run's own files or its out
   LDMPC_TEST_EVAL_STEP_S, here 0.001 s per step, i.e. a real evaluation);
 - `compile`: the update's first compilation, at the seed phase's end (announced by the test
   hook LDMPC_TEST_ANNOUNCE; a stop abandons it);
-- `startup`: the local Ray's start (announced by the same hook; the run ends once Ray is up,
-  with nothing to save, so no checkpoint is expected).
+- `startup`: the set-up right after the local Ray started (announced by the same hook; the
+  run ends before training, with nothing to save, so no checkpoint is expected).
 The time includes the final checkpoint, Ray's shutdown and the interpreter's exit. Each
 phase's exit code must be 0 and its checkpoint loadable; a failure raises.
 
@@ -41,7 +41,7 @@ STEP_HOOK = TEST_STEP_DELAY_ENV  # announces the evaluation (and slows each step
 ANNOUNCED = {  # phases a run announces on stdout: the line that says it has begun
     "eval": STEP_HOOK,
     "compile": f"{TEST_ANNOUNCE_ENV}: compiling update",
-    "startup": f"{TEST_ANNOUNCE_ENV}: starting Ray",
+    "startup": f"{TEST_ANNOUNCE_ENV}: Ray is up",
 }
 
 
