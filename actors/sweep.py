@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ldmpc.checkpoint import StopRequestedError
 from ldmpc.errors import UserError
 from ldmpc.sweep_spec import Dimension, SweepSpec, load_spec
 
@@ -53,7 +54,10 @@ def run_sweep(path: str, overrides: list[str]) -> int:
         if started and not spec.base.get("address") and not os.environ.get("RAY_ADDRESS"):
             check_trial_resources(spec, ray.cluster_resources())  # a cluster may autoscale
         with _sigterm_stops_tune() as stopped:
-            results = _tuner(spec).fit()
+            try:
+                results = _tuner(spec).fit()
+            except StopRequestedError:  # before Tune's own handlers were in place
+                results = None
     finally:
         if started:
             shutdown_ray()  # at once: Ray's graceful wait is ~1 s per process
@@ -77,6 +81,8 @@ def _sigterm_stops_tune() -> Iterator[list[str]]:
     def stop(signum: int, frame: Any) -> None:
         if not stopped:
             stopped.append(signal.Signals(signum).name)
+            if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):  # fit() not begun:
+                raise StopRequestedError("the sweep had not started")  # SIGUSR1 would kill
             signal.raise_signal(signal.SIGUSR1)  # Tune's graceful stop (installed by fit())
 
     old = signal.signal(signal.SIGTERM, stop)
