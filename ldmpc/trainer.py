@@ -22,6 +22,7 @@ from ldmpc.errors import RunInterrupted, UserError
 from ldmpc.logging import RunLogger
 
 EVAL_POLL_S = 0.5  # how long one wait for a landing evaluation lasts (a signal is seen between)
+MAX_EVALS_IN_FLIGHT = 2  # evaluations beside training that may be pending before training waits
 
 if TYPE_CHECKING:
     from ldmpc.config import Config
@@ -125,7 +126,8 @@ class Trainer(ABC):
                     if not stop.requested and self.owes_work():
                         step = self.do_owed_work()
                         continue
-                    if not stop.requested and evals.due(step):
+                    if not stop.requested and evals.due(step):  # (due() moves the cadence on)
+                        self._wait_for_eval_backlog(stop)
                         try:
                             result = self.evaluate(step)
                         except StopRequestedError:  # owed: redone on resume at this same step
@@ -155,6 +157,13 @@ class Trainer(ABC):
         finally:
             log.close()
         return LoopResult(step, self.last_eval, stop.requested, path)
+
+    def _wait_for_eval_backlog(self, stop: Any) -> None:
+        """Evaluations beside training that fall behind (their actor starved of CPU, e.g. a
+        run pinned to one core) make training wait: at most MAX_EVALS_IN_FLIGHT snapshots are
+        held, instead of a backlog that grows with the run (and with every checkpoint)."""
+        while len(self.evals_in_flight()) >= MAX_EVALS_IN_FLIGHT and not stop.requested:
+            self._record(self.landed_evals(EVAL_POLL_S))
 
     def _record(self, results: list[tuple[int, dict[str, float]]]) -> None:
         """Log finished evaluations (and run the `evaluated` hook), oldest first."""
