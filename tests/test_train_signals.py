@@ -121,23 +121,32 @@ def test_sigterm_to_the_whole_process_group_still_checkpoints(tmp_path: Path) ->
     assert not left, f"Ray processes outlived the run: {left}"
 
 
+def _train_with_hook(
+    tmp: Path, hook: str, value: str, marker: str, *extra: str, own_group: bool = False
+) -> subprocess.Popen[str]:
+    """A run started with the test-only variable `hook`=`value`, returned once a line of its
+    output holds `marker` (the hook's announcement that its phase has begun)."""
+    os.environ[hook] = value
+    try:
+        proc = _train(tmp, *extra, own_group=own_group)
+    finally:
+        del os.environ[hook]
+    deadline = time.time() + 240
+    while marker not in (line := proc.stdout.readline()):
+        assert line or proc.poll() is None, f"the run ended before {marker!r}"
+        assert time.time() < deadline, f"no {marker!r} within 240 s"
+    return proc
+
+
 def _train_inside_slow_eval(tmp: Path, step_delay_s: float) -> subprocess.Popen[str]:
     """A run whose step-0 evaluation sleeps `step_delay_s` per step (the test-only hook),
     returned once that evaluation has announced itself."""
     from ldmpc.evaluate import TEST_STEP_DELAY_ENV
 
-    os.environ[TEST_STEP_DELAY_ENV] = str(step_delay_s)
-    try:
-        proc = _train(tmp, "steps=1000000", "eval_freq=100")
-    finally:
-        del os.environ[TEST_STEP_DELAY_ENV]
-    deadline = time.time() + 240
-    while True:
-        line = proc.stdout.readline()
-        assert line or proc.poll() is None, "the run ended before its evaluation"
-        if TEST_STEP_DELAY_ENV in line:
-            return proc
-        assert time.time() < deadline, "no evaluation within 240 s"
+    return _train_with_hook(
+        tmp, TEST_STEP_DELAY_ENV, str(step_delay_s), TEST_STEP_DELAY_ENV,
+        "steps=1000000", "eval_freq=100",
+    )  # fmt: skip
 
 
 @pytest.mark.heavy
@@ -173,16 +182,8 @@ def _train_until(
     """A run returned once it announced `phase` (the test-only LDMPC_TEST_ANNOUNCE line)."""
     from ldmpc.checkpoint import TEST_ANNOUNCE_ENV
 
-    os.environ[TEST_ANNOUNCE_ENV] = "1"
-    try:
-        proc = _train(tmp, *extra, own_group=own_group)
-    finally:
-        del os.environ[TEST_ANNOUNCE_ENV]
-    deadline = time.time() + 240
-    while f"{TEST_ANNOUNCE_ENV}: {phase}" not in (line := proc.stdout.readline()):
-        assert line or proc.poll() is None, f"the run ended before {phase}"
-        assert time.time() < deadline, f"no {phase} within 240 s"
-    return proc
+    marker = f"{TEST_ANNOUNCE_ENV}: {phase}"
+    return _train_with_hook(tmp, TEST_ANNOUNCE_ENV, "1", marker, *extra, own_group=own_group)
 
 
 @pytest.mark.heavy
@@ -242,15 +243,10 @@ def test_sigterm_during_a_checkpoint_write_finishes_it_then_stops(tmp_path: Path
     from ldmpc.checkpoint import TEST_SAVE_DELAY_ENV, latest_checkpoint
 
     run_dir = tmp_path / "runs" / "mw-reach" / "1" / "default"
-    os.environ[TEST_SAVE_DELAY_ENV] = "2"
-    try:
-        proc = _train(tmp_path, "steps=1000000", "checkpoint_freq=200")
-    finally:
-        del os.environ[TEST_SAVE_DELAY_ENV]
-    deadline = time.time() + 240
-    while f"{TEST_SAVE_DELAY_ENV}: between step_200.pt" not in (line := proc.stdout.readline()):
-        assert line or proc.poll() is None, "the run ended before its first checkpoint"
-        assert time.time() < deadline, "no checkpoint within 240 s"
+    marker = f"{TEST_SAVE_DELAY_ENV}: between step_200.pt"
+    proc = _train_with_hook(
+        tmp_path, TEST_SAVE_DELAY_ENV, "2", marker, "steps=1000000", "checkpoint_freq=200"
+    )
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
